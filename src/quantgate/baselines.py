@@ -1,0 +1,211 @@
+"""Per-hardware baselines (baselines/<hardware>/<config>.json), the noise model, and verdicts against them."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .stats import Figure, round_sig, worse_by
+
+SCHEMA_VERSION = 1
+NOISE_FILE = "noise.json"
+
+
+class BaselineError(ValueError):
+    """A baseline file is missing, corrupt, from another schema or another machine."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    config_id: str
+    hardware: str
+    figures: dict[str, dict[str, Any]]
+    kernels: dict[str, Any] | None = None
+    environment: dict[str, Any] = field(default_factory=dict)
+    taken_at: str = ""
+    run_id: str = ""
+    imported_from: str | None = None  # a document, when figures were copied from a hand-made table
+
+    def to_json(self) -> str:
+        body = {
+            "schema": SCHEMA_VERSION,
+            "config": self.config_id,
+            "hardware": self.hardware,
+            "taken_at": self.taken_at,
+            "run_id": self.run_id,
+            "imported_from": self.imported_from,
+            "environment": self.environment,
+            "kernels": self.kernels,
+            "figures": self.figures,
+        }
+        return json.dumps(body, indent=2, sort_keys=True, allow_nan=True) + "\n"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    config_id: str
+    figure: str
+    unit: str
+    outcome: str  # "pass" | "fail" | "missing" | "updated"
+    measured: float
+    baseline: float | None = None
+    delta: float | None = None  # (measured - baseline) / baseline
+    tolerance: float | None = None
+    tolerance_source: str = ""
+    kernel_diff: tuple[str, ...] = ()
+    spread: float | None = None  # measured CV
+
+    def message(self) -> str:
+        head = f"config {self.config_id!r} {self.figure}"
+        if self.outcome == "missing":
+            return (f"{head}: no baseline (measured {self.measured:.4g} {self.unit}); "
+                    f"record one with `pytest --update-baselines`")
+        assert self.baseline is not None and self.delta is not None and self.tolerance is not None
+        verb = "regressed" if self.outcome == "fail" else "within tolerance"
+        text = (f"{head} {verb}: baseline {self.baseline:.4g} {self.unit}, measured {self.measured:.4g} "
+                f"{self.unit}, delta {self.delta:+.1%} (tolerance {self.tolerance:.1%}, {self.tolerance_source})")
+        if self.kernel_diff:
+            text += "; kernels changed: " + "; ".join(self.kernel_diff)
+        return text
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Tolerance per metric, measured on this hardware by `quantgate calibrate` (A/A runs)."""
+
+    tolerances: dict[str, float]
+    default: float
+    source: str = "default"
+
+    def tolerance(self, metric: str) -> tuple[float, str]:
+        if metric in self.tolerances:
+            return self.tolerances[metric], self.source
+        return self.default, "default tolerance (no calibration for this metric)"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write beside the target, fsync, rename: a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Serialize read-merge-write of one baseline across pytest-xdist workers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class BaselineStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, hardware: str, config_id: str) -> Path:
+        return self.root / hardware / f"{config_id}.json"
+
+    def load(self, hardware: str, config_id: str) -> Baseline | None:
+        path = self.path(hardware, config_id)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BaselineError(f"{path}: corrupt baseline ({exc}); restore it from git or rerun "
+                                f"with --update-baselines") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise BaselineError(f"{path}: baseline schema {found!r}, this quantgate reads schema "
+                                f"{SCHEMA_VERSION}; rerun with --update-baselines")
+        if data.get("hardware") != hardware or data.get("config") != config_id:
+            raise BaselineError(f"{path}: holds config {data.get('config')!r} for hardware "
+                                f"{data.get('hardware')!r}, expected {config_id!r} on {hardware!r}")
+        figures = data.get("figures")
+        if not isinstance(figures, dict):
+            raise BaselineError(f"{path}: 'figures' must be an object")
+        return Baseline(
+            config_id=config_id, hardware=hardware, figures=figures, kernels=data.get("kernels"),
+            environment=data.get("environment") or {}, taken_at=data.get("taken_at", ""),
+            run_id=data.get("run_id", ""), imported_from=data.get("imported_from"),
+        )
+
+    def update(
+        self, hardware: str, config_id: str, figures: list[Figure], kernels: dict[str, Any] | None,
+        environment: dict[str, Any], run_id: str,
+    ) -> Path:
+        """Merge this run's figures into the config's file: figures this run did not measure are kept."""
+        path = self.path(hardware, config_id)
+        with locked(path):
+            try:
+                old = self.load(hardware, config_id)
+            except BaselineError:
+                old = None  # a corrupt or foreign file is replaced by the fresh measurement
+            merged = dict(old.figures) if old and not old.imported_from else {}
+            merged.update({f.name: f.summary() for f in figures})
+            baseline = Baseline(
+                config_id=config_id, hardware=hardware, figures=dict(sorted(merged.items())),
+                kernels=kernels if kernels is not None else (old.kernels if old else None),
+                environment=environment, run_id=run_id,
+                taken_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            atomic_write(path, baseline.to_json())
+        return path
+
+    def noise(self, hardware: str, default: float) -> NoiseModel:
+        path = self.root / hardware / NOISE_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return NoiseModel({}, default)
+        except json.JSONDecodeError as exc:
+            raise BaselineError(f"{path}: corrupt noise model ({exc}); rerun `quantgate calibrate`") from None
+        tolerances = {k: float(v["tolerance"]) for k, v in data.get("metrics", {}).items()}
+        return NoiseModel(tolerances, default, source=f"{path.name}: A/A noise x{data.get('k', 3)}")
+
+    def write_noise(self, hardware: str, body: dict[str, Any]) -> Path:
+        path = self.root / hardware / NOISE_FILE
+        atomic_write(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
+        return path
+
+
+def judge(
+    config_id: str, figure: Figure, baseline: Baseline | None, noise: NoiseModel,
+    kernel_diff: tuple[str, ...] = (),
+) -> Verdict:
+    measured = figure.median
+    base = baseline.figures.get(figure.name) if baseline else None
+    if base is None or base.get("median") is None:
+        return Verdict(config_id, figure.name, figure.unit, "missing", measured, kernel_diff=kernel_diff)
+    base_median = float(base["median"])
+    tolerance, source = noise.tolerance(figure.metric)
+    worse = worse_by(measured, base_median, figure.higher_is_better)
+    outcome = "fail" if (math.isnan(worse) or worse > tolerance) else "pass"
+    return Verdict(
+        config_id, figure.name, figure.unit, outcome, measured, base_median,
+        delta=(measured - base_median) / base_median if base_median else math.nan,
+        tolerance=tolerance, tolerance_source=source, kernel_diff=kernel_diff,
+        spread=round_sig(figure.cv) if figure.samples else None,
+    )

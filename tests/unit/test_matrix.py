@@ -1,0 +1,104 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from quantgate.matrix import MatrixError, load_matrices, load_matrix
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """
+[gate]
+mode = "relative"
+reference = "bf16"
+
+[workload]
+outputs = { short = 8, long = 32 }
+contexts = [0, 128]
+repeats = 2
+
+[defaults]
+env = { VLLM_CPU_KVCACHE_SPACE = "1" }
+
+[[config]]
+id = "bf16"
+model = { recipe = "qwen3-dense" }
+
+[[config]]
+id = "ngram"
+model = "${QG_TEST_MODELS}/m"
+quantization = "w4a16"
+speculative = { method = "ngram", num_speculative_tokens = 3, prompt_lookup_max = 4 }
+serve_args = ["--enforce-eager"]
+env = { EXTRA = "x" }
+hardware = ["sm121", "sm120"]
+expected_failure = "known broken"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "m.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_good_matrix_parses_every_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QG_TEST_MODELS", "/models")
+    m = load_matrix(write(tmp_path, GOOD))
+    bf16, ngram = m.configs
+    assert (bf16.quantization, bf16.hardware, bf16.env) == ("bf16", ("cpu",), {"VLLM_CPU_KVCACHE_SPACE": "1"})
+    assert ngram.model == "/models/m"
+    assert ngram.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "EXTRA": "x"}
+    assert ngram.serve_args == ("--enforce-eager",)
+    assert ngram.expected_failure is not None and ngram.expected_failure.reason == "known broken"
+    assert json.loads(ngram.speculative.to_serve_json(None)) == {
+        "method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 4}
+    assert ngram.applies_to("sm121") and not ngram.applies_to("cpu-avx2")
+    assert bf16.applies_to("cpu-avx512") and not bf16.applies_to("sm90")
+    assert m.workload.outputs == {"short": 8, "long": 32} and m.workload.repeats == 2
+    assert (m.gate.mode, m.gate.reference) == ("relative", "bf16")
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (lambda t: t.replace('id = "ngram"', 'id = "bf16"'), "duplicate config id 'bf16'"),
+        (lambda t: t.replace('serve_args = ["--enforce-eager"]', "colour = 1"), "unknown key 'colour'"),
+        (lambda t: t.replace('quantization = "w4a16"', 'quantization = "int3"'), "unknown quantization 'int3'"),
+        (lambda t: t.replace('method = "ngram"', 'method = "medusa"'), "unknown speculative method 'medusa'"),
+        (lambda t: t.replace("num_speculative_tokens = 3", "num_speculative_tokens = 0"),
+         "num_speculative_tokens must be an integer 1..8, got 0"),
+        (lambda t: t.replace('EXTRA = "x"', "EXTRA = 1"), "env var EXTRA must be a string"),
+        (lambda t: t.replace('model = "${QG_TEST_MODELS}/m"\n', ""), "config 'ngram': missing 'model'"),
+        (lambda t: t.replace('reference = "bf16"', 'reference = "nope"'), "reference 'nope' is not a config id"),
+        (lambda t: t.replace("repeats = 2", "repeats = 0"), "repeats must be an integer >= 1"),
+        (lambda t: t.replace("id = \"bf16\"", "id = \"a b\""), "config id must be a non-empty string"),
+    ],
+)
+def test_bad_matrix_names_file_config_and_value(tmp_path: Path, mutation, message: str) -> None:
+    path = write(tmp_path, mutation(GOOD))
+    with pytest.raises(MatrixError) as info:
+        load_matrix(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_invalid_toml_reports_line(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('id = "bf16"', 'id = "bf16'))
+    with pytest.raises(MatrixError, match=r"invalid TOML: .*line \d+"):
+        load_matrix(path)
+
+
+def test_duplicate_ids_across_files(tmp_path: Path) -> None:
+    a = write(tmp_path, GOOD, "a.toml")
+    b = write(tmp_path, '[[config]]\nid = "bf16"\nmodel = "/x"\n', "b.toml")
+    with pytest.raises(MatrixError, match="duplicate config id 'bf16'"):
+        load_matrices([a, b])
+
+
+def test_shipped_cpu_matrix_loads_with_required_configs() -> None:
+    m = load_matrix(REPO / "fixtures/matrix/cpu.toml")
+    ids = {c.id for c in m.configs}
+    assert {"bf16", "w4a16", "w8a8", "fp8-dynamic", "moe-bf16", "ngram-nst3", "draft-nst3"} <= ids
+    assert m.get("ngram-nst3").speculative.num_speculative_tokens == 3
+    assert m.get("draft-nst3").speculative.method == "draft_model"
