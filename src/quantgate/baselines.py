@@ -69,7 +69,9 @@ class Verdict:
         if self.outcome == "missing":
             return (f"{head}: no baseline (measured {self.measured:.4g} {self.unit}); "
                     f"record one with `pytest --update-baselines`")
-        assert self.baseline is not None and self.delta is not None and self.tolerance is not None
+        if self.outcome == "updated" or self.baseline is None or self.delta is None or self.tolerance is None:
+            was = "" if self.baseline is None else f" (was {self.baseline:.4g})"
+            return f"{head}: baseline recorded, {self.measured:.4g} {self.unit}{was}"
         verb = "regressed" if self.outcome == "fail" else "within tolerance"
         text = (f"{head} {verb}: baseline {self.baseline:.4g} {self.unit}, measured {self.measured:.4g} "
                 f"{self.unit}, delta {self.delta:+.1%} (tolerance {self.tolerance:.1%}, {self.tolerance_source})")

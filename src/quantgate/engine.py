@@ -101,8 +101,11 @@ def _die_with_parent() -> None:
 
 
 def serve_command(config: EngineConfig, models: ResolvedModels, port: int, python: str | None = None) -> list[str]:
+    # QUANTGATE_ENGINE_MODULE exists for quantgate's own plugin tests (a scripted stand-in); never set it
+    # for a real gate
+    module = os.environ.get("QUANTGATE_ENGINE_MODULE", "quantgate.vllm_entry")
     cmd = [
-        python or sys.executable, "-m", "quantgate.vllm_entry", "serve", models.model,
+        python or sys.executable, "-m", module, "serve", models.model,
         "--host", HOST, "--port", str(port),
         "--served-model-name", config.id,
         "--seed", "42",

@@ -65,7 +65,8 @@ def cpu_isa_id(flags: set[str]) -> str:
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
-    name, flags = platform.processor() or "unknown CPU", set()
+    name: str = platform.processor() or "unknown CPU"
+    flags: set[str] = set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:

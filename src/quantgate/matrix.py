@@ -65,6 +65,11 @@ class Speculative:
 class ExpectedFailure:
     reason: str
     stage: str = "start"  # "start": the engine must fail to start; "any": any test of the config may fail
+    hardware: tuple[str, ...] = ()  # where the failure is expected; empty: everywhere the config runs
+
+    def applies_to(self, hardware_id: str) -> bool:
+        return not self.hardware or any(
+            h == hardware_id or (h == "cpu" and hardware_id.startswith("cpu")) for h in self.hardware)
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,11 @@ def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Pat
         stage = xfail.get("stage", "start")
         if stage not in ("start", "any"):
             raise MatrixError(f"{where}: expected_failure stage must be 'start' or 'any', got {stage!r}")
-        expected = ExpectedFailure(reason=xfail["reason"], stage=stage)
+        unknown = sorted(set(xfail) - {"reason", "stage", "hardware"})
+        if unknown:
+            raise MatrixError(f"{where}: expected_failure has unknown key {unknown[0]!r}")
+        expected = ExpectedFailure(reason=xfail["reason"], stage=stage,
+                                   hardware=_str_list(xfail.get("hardware", []), where, "expected_failure hardware"))
     mml = merged.get("max_model_len", 4096)
     if not isinstance(mml, int) or mml < 64:
         raise MatrixError(f"{where}: max_model_len must be an integer >= 64, got {mml!r}")

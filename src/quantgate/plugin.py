@@ -66,6 +66,12 @@ class QuantgateState:
         path = Path(value)
         return path if path.is_absolute() else Path(self.config.rootpath) / path
 
+    def matrix_requested(self) -> bool:
+        if self.config.getoption("qg_matrix"):
+            return True
+        root = Path(self.config.rootpath)
+        return any(any(root.glob(p)) for p in self.config.getini("quantgate_matrix"))
+
     @property
     def run(self) -> Run:
         if self._run is None:
@@ -129,6 +135,17 @@ def _install_sigterm() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Validate the matrix before collection so a bad file is one line and exit code 4, not a traceback."""
+    state = _state(session.config)
+    if not state.matrix_requested():
+        return
+    try:
+        state.run  # noqa: B018
+    except MatrixError as exc:
+        raise pytest.UsageError(f"quantgate: {exc}") from None
+
+
 def _config_marks(cfg: EngineConfig, hardware: Hardware) -> list[Any]:
     marks: list[Any] = [pytest.mark.quantgate, pytest.mark.xdist_group(cfg.id)]
     marks += [getattr(pytest.mark, "cpu" if h == "cpu" or h.startswith("cpu-") else h) for h in cfg.hardware]
@@ -136,7 +153,7 @@ def _config_marks(cfg: EngineConfig, hardware: Hardware) -> list[Any]:
         marks.append(pytest.mark.skip(
             reason=f"config {cfg.id!r} is for {', '.join(cfg.hardware)}; this machine is {hardware.id} "
                    f"({hardware.name})"))
-    elif cfg.expected_failure is not None:
+    elif cfg.expected_failure is not None and cfg.expected_failure.applies_to(hardware.id):
         raises = engine_mod.EngineStartError if cfg.expected_failure.stage == "start" else None
         marks.append(pytest.mark.xfail(reason=cfg.expected_failure.reason, raises=raises, strict=True))
     return marks
@@ -146,10 +163,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "qg_config_id" not in metafunc.fixturenames:
         return
     state = _state(metafunc.config)
-    try:
-        run = state.run
-    except MatrixError as exc:
-        raise pytest.UsageError(str(exc)) from None
+    run = state.run  # loaded (and validated) at session start
     params = []
     for cfg in run.configs():
         matrix = run.matrix_of(cfg.id)
@@ -234,6 +248,10 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
             state.updated.append(run.update_baseline(cid))
         except Exception as exc:  # the engine never came up; nothing to record, the test says why
             run.log(f"quantgate: baseline for {cid!r} not updated: {exc}")
+    if any(run.reference_of(other) == cid and n > 0 for other, n in state.remaining.items()):
+        # configs still to come are gated as ratios to this one: measure it before its engine goes
+        with contextlib.suppress(Exception):
+            run.measurement(cid)
     run.release(cid)
     # a reference measured only for ratios has no tests of its own left: stop it too
     for ref in {run.reference_of(c) for c in state.remaining} - {None}:
@@ -283,6 +301,22 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"report: {path}")
 
 
+@contextlib.contextmanager
+def _engine_failures_as_test_failures(run: Run, config_id: str) -> Any:
+    """An engine that fails is one clear message, not a traceback through quantgate's internals; an
+    expected failure is re-raised as is so that xfail(raises=EngineStartError) can match it."""
+    from .models import ModelError
+    from .workload import WorkloadError
+
+    try:
+        yield
+    except (engine_mod.EngineError, ModelError, WorkloadError) as exc:
+        expected = run.config(config_id).expected_failure
+        if expected is not None and expected.applies_to(run.hardware.id):
+            raise
+        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+
+
 # --- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture
 def qg_config_id() -> str:  # replaced by parametrization; fails plainly if a test asks without it
@@ -312,7 +346,8 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
     def gate(config_id: str, figure: str) -> Verdict:
         run = state.run
         state.ran_figures[config_id].add(figure)
-        verdict = run.verdict(config_id, figure)
+        with _engine_failures_as_test_failures(run, config_id):
+            verdict = run.verdict(config_id, figure)
         if state.update:
             verdict = Verdict(verdict.config_id, verdict.figure, verdict.unit, "updated", verdict.measured,
                               verdict.baseline, verdict.delta, verdict.tolerance, verdict.tolerance_source,
@@ -332,7 +367,8 @@ def qg_kernels(request: pytest.FixtureRequest) -> Any:
 
     def kernels(config_id: str) -> dict[str, Any]:
         state.ran_figures[config_id]  # touched: --update-baselines records this config's figures too
-        return state.run.kernel_record(config_id)
+        with _engine_failures_as_test_failures(state.run, config_id):
+            return state.run.kernel_record(config_id)
 
     return kernels
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -123,7 +124,7 @@ def write_report(run: Run, measured: list[Measurement], verdicts: list[Verdict])
     summary = {
         "run_id": run.run_id,
         "hardware": run.hardware.to_dict(),
-        "verdicts": [v.__dict__ | {"message": v.message()} for v in verdicts],
+        "verdicts": [asdict(v) | {"message": v.message()} for v in verdicts],
         "configs": {m.config.id: {"figures": {k: f.summary() for k, f in sorted(m.figures.items())},
                                   "kernels": m.kernels, "engine_ready_s": m.engine_ready_s}
                     for m in measured},

@@ -145,6 +145,7 @@ class Run:
         slot = self._slots.get(config_id)
         if slot and slot.engine is not None:
             engine_mod.stop(slot.engine)
+            slot.engine = None
             self.log(f"quantgate: stopped engine {config_id!r}")
 
     def close(self) -> None:
@@ -153,8 +154,7 @@ class Run:
 
     # --- measurement ---------------------------------------------------------------------------
     def kernel_record(self, config_id: str) -> dict[str, Any]:
-        eng = self.engine(config_id)
-        return kernels_mod.parse_log(eng.log_text()).to_dict()
+        return kernel_snapshot_dict(self.engine(config_id).log_text())
 
     def measurement(self, config_id: str) -> Measurement:
         slot = self._slots.setdefault(config_id, _Slot())
@@ -185,7 +185,7 @@ class Run:
                     figures[f.name] = replace(f, gated=False)  # absolute speed drifts between CPU hosts
             if ref != config_id:
                 figures.update({f.name: f for f in self._relative_figures(figures, self.measurement(ref))})
-        m = Measurement(cfg, figures, kernels_mod.parse_log(eng.log_text()).to_dict(), result,
+        m = Measurement(cfg, figures, kernel_snapshot_dict(eng.log_text()), result,
                         eng.ready_after_s, eng.log_path)
         slot.measurement = m
         self._save_raw(m, time.monotonic() - started)
@@ -250,6 +250,14 @@ class Run:
         m = self.measurement(config_id)
         figs = [f for n, f in m.figures.items() if figure_names is None or n in figure_names]
         return self.store.update(self.hardware.id, config_id, figs, m.kernels, self.environment(), self.run_id)
+
+
+def kernel_snapshot_dict(log_text: str) -> dict[str, Any]:
+    """The kernel record as snapshotted: the vLLM version is left out, so an upgrade that keeps every
+    kernel choice keeps the snapshot green (the version is in the baseline's environment instead)."""
+    record = kernels_mod.parse_log(log_text).to_dict()
+    record.pop("vllm_version", None)
+    return record
 
 
 def _vocab_size(model_dir: Path) -> int:

@@ -21,7 +21,7 @@ def _version(name: str) -> str:
     return _original_version(name)
 
 
-_metadata.version = _version
+_metadata.version = _version  # type: ignore[assignment]
 
 # The guard matters: EngineCore starts with multiprocessing 'spawn', which re-imports __main__.
 if __name__ == "__main__":

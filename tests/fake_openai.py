@@ -1,0 +1,127 @@
+"""A scripted OpenAI-compatible server for unit tests of quantgate's own client and gate logic.
+
+Never used as an engine under test: benchmarks and the regression suite only ever talk to real vLLM.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeServer:
+    def __init__(self, mode: str = "ok", tokens_per_s: float = 1000.0, port: int = 0, model: str = "m") -> None:
+        self.mode = mode
+        self.model = model
+        self.die_after: int | None = None
+        self.died = False
+        self.tokens_per_s = tokens_per_s
+        self.requests: list[dict[str, Any]] = []
+        self.counters = {"generation": 0.0, "decode_s": 0.0, "ttft_s": 0.0, "prefill_s": 0.0, "e2e_s": 0.0,
+                         "prompt": 0.0, "hits": 0.0, "queries": 0.0}
+        self.lock = threading.Lock()
+        handler = self._handler()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def metrics_text(self) -> str:
+        c = self.counters
+        lines = [line.replace('model_name="m"', f'model_name="{self.model}"') for line in [
+            f'vllm:generation_tokens_total{{model_name="m"}} {c["generation"]}',
+            f'vllm:prompt_tokens_total{{model_name="m"}} {c["prompt"]}',
+            f'vllm:request_decode_time_seconds_sum{{model_name="m"}} {c["decode_s"]}',
+            f'vllm:request_prefill_time_seconds_sum{{model_name="m"}} {c["prefill_s"]}',
+            f'vllm:time_to_first_token_seconds_sum{{model_name="m"}} {c["ttft_s"]}',
+            f'vllm:e2e_request_latency_seconds_sum{{model_name="m"}} {c["e2e_s"]}',
+            f'vllm:prefix_cache_hits_total{{model_name="m"}} {c["hits"]}',
+            f'vllm:prefix_cache_queries_total{{model_name="m"}} {c["queries"]}',
+        ]] + ['vllm:request_decode_time_seconds_sum{model_name="other"} 999']
+        return "\n".join(["# HELP fake", *lines]) + "\n"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path == "/health":
+                    self._send(200, b"")
+                elif self.path == "/metrics":
+                    self._send(200, server.metrics_text().encode(), "text/plain")
+                else:
+                    self._send(404, b"{}")
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                if server.die_after is not None and len(server.requests) > server.die_after:
+                    server.died = True
+                    self.connection.close()
+                    return
+                mode = server.mode
+                if mode in ("500", "429"):
+                    self._send(int(mode), json.dumps({"error": f"fake {mode}"}).encode())
+                    return
+                n = int(body["max_tokens"])
+                prompt = body["prompt"]
+                p = len(prompt) if isinstance(prompt, list) else len(str(prompt).split())
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+
+                def event(obj: Any) -> None:
+                    self.wfile.write(f"data: {json.dumps(obj)}\n\n".encode())
+                    self.wfile.flush()
+
+                start = time.perf_counter()
+                event({"choices": [{"text": ""}]})  # an empty first chunk is not the first token
+                produced = 0 if mode == "zero" else n
+                for i in range(produced):
+                    time.sleep(1.0 / server.tokens_per_s)
+                    if mode == "malformed" and i == 1:
+                        self.wfile.write(b"data: {not json\n\n")
+                        return
+                    if mode == "truncated" and i == n // 2:
+                        return
+                    if mode == "stall" and i == 1:
+                        time.sleep(30)
+                    event({"choices": [{"text": f" t{i}"}]})
+                took = time.perf_counter() - start
+                with server.lock:
+                    c = server.counters
+                    c["generation"] += produced
+                    c["prompt"] += p
+                    c["decode_s"] += took * 0.9
+                    c["ttft_s"] += took * 0.1
+                    c["prefill_s"] += took * 0.05
+                    c["e2e_s"] += took
+                    c["queries"] += p
+                if mode != "no-usage":
+                    event({"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": produced}})
+                self.wfile.write(b"data: [DONE]\n\n")
+
+        return Handler

