@@ -6,9 +6,11 @@ Never used as an engine under test: benchmarks and the regression suite only eve
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -77,7 +79,18 @@ class FakeServer:
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"body": body, "auth": self.headers.get("Authorization")})
+                auth = self.headers.get("Authorization")
+                expected = os.environ.get("VLLM_API_KEY")
+                if expected and auth != f"Bearer {expected}":  # as vLLM does with --api-key
+                    self._send(401, b'{"error": "Unauthorized"}')
+                    return
+                server.requests.append({"body": body, "auth": auth})
+                keyfile = os.environ.get("FAKE_KEYFILE")
+                if keyfile and auth:
+                    seen = set(json.loads(Path(keyfile).read_text())) if os.path.exists(keyfile) else set()
+                    seen.add(auth.removeprefix("Bearer "))
+                    with open(keyfile, "w") as fh:
+                        json.dump(sorted(seen), fh)
                 if server.die_after is not None and len(server.requests) > server.die_after:
                     server.died = True
                     self.connection.close()

@@ -111,6 +111,27 @@ def _nvidia_smi() -> list[dict[str, str]]:
     return gpus
 
 
+def gpu_memory_holders() -> list[tuple[int, int]]:
+    """(pid, MiB) of processes holding GPU memory: a previous run's engine that outlived its session
+    would make the next engine start out of memory, or measure on a shared GPU."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=20, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    holders = []
+    for line in out.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            holders.append((int(parts[0]), int(parts[1])))
+    return holders
+
+
 def bandwidth_for(name: str) -> float | None:
     for key, gbps in MEMORY_BANDWIDTH_GBPS.items():
         if key.lower() in name.lower():

@@ -417,6 +417,8 @@ def _publish(final: Path, build: Callable[[Path], dict[str, Any]], log: Log | No
                 shutil.rmtree(stale, ignore_errors=True)
             if final.exists():
                 _discard(final)
+        if log:
+            log(f"building {final.name} ...")
         tmp = parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         t0 = time.perf_counter()
@@ -560,8 +562,6 @@ def _ensure(recipe: ModelRecipe, cache: Path, log: Log | None) -> tuple[Path, bo
                 shutil.copyfile(base / name, tmp / name)
             return _manifest(recipe, base=base.name, scheme=QUANT_SCHEMES[str(recipe.quantization)], **result)
 
-    if log:
-        log(f"building {final.name} ...")
     return final, _publish(final, build, log)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from . import engine as engine_mod
-from .baselines import Verdict
+from .baselines import BaselineError, Verdict
 from .hardware import GPU_IDS, MARKERS, Hardware, detect
 from .matrix import EngineConfig, Matrix, MatrixError, load_matrices
 from .report import write_report
@@ -39,6 +39,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="config ids that --qg-serve-arg applies to")
     group.addoption("--qg-start-timeout", type=float, default=None, metavar="S",
                     help="seconds an engine may take to become healthy (default 900)")
+    group.addoption("--qg-prestart", action="store_true", default=False,
+                    help="start every selected engine at once before the first test and wait for all of "
+                         "them; measurements still run one at a time (the others idle)")
     parser.addini("quantgate_matrix", "config matrix files (globs, relative to rootdir)", type="linelist",
                   default=["fixtures/matrix/*.toml"])
     parser.addini("quantgate_baselines", "baselines folder, relative to rootdir", default="baselines")
@@ -216,6 +219,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     expr = session.config.getoption("markexpr") or ""
     wanted = {tok for tok in re.findall(r"[\w-]+", expr) if tok in MARKERS}
     if not wanted:
+        _prestart(session, state, selected)
         return
     try:
         hardware = state.hardware
@@ -227,6 +231,15 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         pytest.exit(
             f"quantgate: -m {expr!r} selects configs for {', '.join(sorted(wanted))}, but this machine is "
             f"{hardware.id} ({hardware.name}); run it on a matching runner{hint}", returncode=4)
+    _prestart(session, state, selected)
+
+
+def _prestart(session: pytest.Session, state: QuantgateState, selected: list[str]) -> None:
+    if not session.config.getoption("qg_prestart", False) or session.config.getoption("collectonly"):
+        return
+    run = state.run
+    ids = list(dict.fromkeys(cid for cid in selected if run.config(cid).applies_to(run.hardware.id)))
+    run.prestart(ids)
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -302,7 +315,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 @contextlib.contextmanager
-def _engine_failures_as_test_failures(run: Run, config_id: str) -> Any:
+def _failures_as_messages(run: Run, config_id: str) -> Any:
     """An engine that fails is one clear message, not a traceback through quantgate's internals; an
     expected failure is re-raised as is so that xfail(raises=EngineStartError) can match it."""
     from .models import ModelError
@@ -310,7 +323,7 @@ def _engine_failures_as_test_failures(run: Run, config_id: str) -> Any:
 
     try:
         yield
-    except (engine_mod.EngineError, ModelError, WorkloadError) as exc:
+    except (engine_mod.EngineError, ModelError, WorkloadError, BaselineError) as exc:
         expected = run.config(config_id).expected_failure
         if expected is not None and expected.applies_to(run.hardware.id):
             raise
@@ -346,12 +359,16 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
     def gate(config_id: str, figure: str) -> Verdict:
         run = state.run
         state.ran_figures[config_id].add(figure)
-        with _engine_failures_as_test_failures(run, config_id):
-            verdict = run.verdict(config_id, figure)
-        if state.update:
-            verdict = Verdict(verdict.config_id, verdict.figure, verdict.unit, "updated", verdict.measured,
-                              verdict.baseline, verdict.delta, verdict.tolerance, verdict.tolerance_source,
-                              verdict.kernel_diff, verdict.spread)
+        with _failures_as_messages(run, config_id):
+            if state.update:
+                fig = run.measurement(config_id).figures[figure]
+                try:
+                    was = run.verdict(config_id, figure).baseline
+                except BaselineError:
+                    was = None  # a corrupt or foreign file is what --update-baselines is for
+                verdict = Verdict(config_id, figure, fig.unit, "updated", fig.median, was)
+            else:
+                verdict = run.verdict(config_id, figure)
         state.verdicts.append(verdict)
         if verdict.outcome in ("fail", "missing"):
             pytest.fail(verdict.message(), pytrace=False)
@@ -367,7 +384,7 @@ def qg_kernels(request: pytest.FixtureRequest) -> Any:
 
     def kernels(config_id: str) -> dict[str, Any]:
         state.ran_figures[config_id]  # touched: --update-baselines records this config's figures too
-        with _engine_failures_as_test_failures(state.run, config_id):
+        with _failures_as_messages(state.run, config_id):
             return state.run.kernel_record(config_id)
 
     return kernels
@@ -375,7 +392,8 @@ def qg_kernels(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture
 def qg_kernel_snapshot(request: pytest.FixtureRequest, snapshot: Any) -> Any:
-    """A syrupy snapshot kept per hardware: baselines/<hardware>/kernels/<test>.json."""
+    """A syrupy snapshot kept per hardware: baselines/<hardware>/kernels/<test module>/<test>.json (the module
+    folder lets syrupy relate snapshots to their tests and report unused ones)."""
     from syrupy.extensions.json import JSONSnapshotExtension
 
     state = _state(request.config)
@@ -384,6 +402,6 @@ def qg_kernel_snapshot(request: pytest.FixtureRequest, snapshot: Any) -> Any:
     class PerHardwareKernels(JSONSnapshotExtension):
         @classmethod
         def dirname(cls, *, test_location: Any) -> str:
-            return str(folder)
+            return str(folder / test_location.basename)
 
     return snapshot.use_extension(PerHardwareKernels)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,10 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
         lines += ["", f"Δ vs ref: decode tok/s (ctx=0, long) relative to {', '.join(sorted(map(str, ref_ids)))} "
                       "in the same session."]
     lines.append("")
+    if hw.is_gpu:
+        from .roofline import report_lines
+
+        lines += report_lines(run, measured)
     for m in measured:
         matrix = run.matrix_of(m.config.id)
         outputs = list(matrix.workload.outputs)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import engine as engine_mod
+from . import hardware as hardware_mod
 from . import kernels as kernels_mod
 from . import models as models_mod
 from .baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
@@ -119,8 +120,9 @@ class Run:
             raise slot.error
         if slot.engine is not None:
             if not slot.engine.alive():
+                code = slot.engine.process.returncode if slot.engine.process else "?"
                 slot.error = engine_mod.EngineError(
-                    f"engine for config {config_id!r} died (exit {slot.engine.process.returncode if slot.engine.process else '?'}); "
+                    f"engine for config {config_id!r} died (exit {code}); "
                     f"log {slot.engine.log_path}, last lines:\n{slot.engine.log_tail()}"
                 )
                 raise slot.error
@@ -128,11 +130,22 @@ class Run:
         cfg = self.config(config_id)
         try:
             models = self.resolve_models(cfg)
+            self._check_gpu_free(config_id)
             log_path = self.results / config_id / "engine.log"
             self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label})")
-            eng = engine_mod.start(cfg, models, log_path, python=self.settings.python)
-            slot.engine = eng
-            ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
+            for attempt in (1, 2):
+                eng = engine_mod.start(cfg, models, log_path, python=self.settings.python)
+                slot.engine = eng
+                try:
+                    ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
+                    break
+                except engine_mod.EngineStartError:
+                    # the free port we picked was taken before vLLM bound it: one retry on another port
+                    if attempt == 1 and "Address already in use" in eng.log_text():
+                        engine_mod.stop(eng)
+                        log_path.rename(log_path.with_suffix(".port-taken.log"))
+                        continue
+                    raise
             self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port}")
         except BaseException as exc:
             if slot.engine is not None:
@@ -140,6 +153,48 @@ class Run:
             slot.error = exc if isinstance(exc, Exception) else engine_mod.EngineError(str(exc))
             raise
         return eng
+
+    def _check_gpu_free(self, config_id: str) -> None:
+        if not self.hardware.is_gpu or os.environ.get("QUANTGATE_ALLOW_BUSY_GPU") == "1":
+            return
+        ours = {e.process.pid for e in engine_mod.live_engines() if e.process is not None}
+        others = [(pid, mib) for pid, mib in hardware_mod.gpu_memory_holders() if pid not in ours]
+        if others:
+            held = ", ".join(f"pid {pid} ({mib} MiB)" for pid, mib in others)
+            raise engine_mod.EngineStartError(
+                f"config {config_id!r}: GPU memory is still held by {held}, probably an engine from a previous "
+                f"run; stop it (kill <pid>) or set QUANTGATE_ALLOW_BUSY_GPU=1")
+
+    def prestart(self, config_ids: list[str]) -> None:
+        """Start these configs' engines all at once and wait until each is healthy (or has failed), so
+        that measurements later run one at a time while the other engines sit idle. On one GPU with room
+        for every engine (the matrix sets --gpu-memory-utilization / --kv-cache-memory-bytes) this turns N
+        serial starts into one. A failed start is remembered and re-raised by engine(), as usual."""
+        pending: list[tuple[str, engine_mod.Engine]] = []
+        for config_id in config_ids:
+            slot = self._slots.setdefault(config_id, _Slot())
+            if slot.engine is not None or slot.error is not None:
+                continue
+            cfg = self.config(config_id)
+            try:
+                models = self.resolve_models(cfg)
+                self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}) "
+                         f"[prestart]")
+                slot.engine = engine_mod.start(cfg, models, self.results / config_id / "engine.log",
+                                               python=self.settings.python)
+                pending.append((config_id, slot.engine))
+            except Exception as exc:
+                slot.error = exc
+        for config_id, eng in pending:
+            slot = self._slots[config_id]
+            try:
+                ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
+                self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port} "
+                         f"[prestart]")
+            except Exception as exc:
+                engine_mod.stop(eng)
+                slot.engine = None
+                slot.error = exc
 
     def release(self, config_id: str) -> None:
         slot = self._slots.get(config_id)
@@ -185,6 +240,15 @@ class Run:
                     figures[f.name] = replace(f, gated=False)  # absolute speed drifts between CPU hosts
             if ref != config_id:
                 figures.update({f.name: f for f in self._relative_figures(figures, self.measurement(ref))})
+        if self.hardware.is_gpu:  # the decode roofline, ungated (quantgate.roofline)
+            try:
+                from . import roofline
+
+                for f in roofline.figures_for(self.resolve_models(cfg).model, cfg.quantization,
+                                              self.hardware.memory_bandwidth_gbps, figures):
+                    figures[f.name] = f
+            except Exception as exc:  # a model without a readable config.json: no roofline, say so
+                self.log(f"quantgate: no roofline for {config_id!r}: {exc}")
         m = Measurement(cfg, figures, kernel_snapshot_dict(eng.log_text()), result,
                         eng.ready_after_s, eng.log_path)
         slot.measurement = m

