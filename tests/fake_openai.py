@@ -21,9 +21,16 @@ class FakeServer:
         self.die_after: int | None = None
         self.died = False
         self.tokens_per_s = tokens_per_s
+        # per-chunk timing control (defaults keep the original behaviour): a fixed delay before the first
+        # response chunk (API latency), prompt processing at prefill_tps before it, several tokens per
+        # content chunk (speculative decoding), and a share of prompt tokens counted as prefix-cache hits
+        self.latency_s = 0.0
+        self.prefill_tps: float | None = None
+        self.tokens_per_chunk = 1
+        self.hit_fraction = 0.0
         self.requests: list[dict[str, Any]] = []
         self.counters = {"generation": 0.0, "decode_s": 0.0, "ttft_s": 0.0, "prefill_s": 0.0, "e2e_s": 0.0,
-                         "prompt": 0.0, "hits": 0.0, "queries": 0.0}
+                         "prompt": 0.0, "hits": 0.0, "queries": 0.0, "requests": 0.0}
         self.lock = threading.Lock()
         handler = self._handler()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -52,6 +59,8 @@ class FakeServer:
             f'vllm:e2e_request_latency_seconds_sum{{model_name="m"}} {c["e2e_s"]}',
             f'vllm:prefix_cache_hits_total{{model_name="m"}} {c["hits"]}',
             f'vllm:prefix_cache_queries_total{{model_name="m"}} {c["queries"]}',
+            f'vllm:time_to_first_token_seconds_count{{model_name="m"}} {c["requests"]}',
+            f'vllm:e2e_request_latency_seconds_count{{model_name="m"}} {c["requests"]}',
         ]] + ['vllm:request_decode_time_seconds_sum{model_name="other"} 999']
         return "\n".join(["# HELP fake", *lines]) + "\n"
 
@@ -111,10 +120,15 @@ class FakeServer:
                     self.wfile.flush()
 
                 start = time.perf_counter()
+                pre = server.latency_s + (p / server.prefill_tps if server.prefill_tps else 0.0)
+                if pre:
+                    time.sleep(pre)
                 event({"choices": [{"text": ""}]})  # an empty first chunk is not the first token
                 produced = 0 if mode == "zero" else n
-                for i in range(produced):
-                    time.sleep(1.0 / server.tokens_per_s)
+                k = max(1, int(server.tokens_per_chunk))
+                for i in range(0, produced, k):
+                    step = min(k, produced - i)
+                    time.sleep(step / server.tokens_per_s)
                     if mode == "malformed" and i == 1:
                         self.wfile.write(b"data: {not json\n\n")
                         return
@@ -122,7 +136,7 @@ class FakeServer:
                         return
                     if mode == "stall" and i == 1:
                         time.sleep(30)
-                    event({"choices": [{"text": f" t{i}"}]})
+                    event({"choices": [{"text": "".join(f" t{j}" for j in range(i, i + step))}]})
                 took = time.perf_counter() - start
                 with server.lock:
                     c = server.counters
@@ -133,6 +147,8 @@ class FakeServer:
                     c["prefill_s"] += took * 0.05
                     c["e2e_s"] += took
                     c["queries"] += p
+                    c["hits"] += p * server.hit_fraction
+                    c["requests"] += 1
                 if mode != "no-usage":
                     event({"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": produced}})
                 self.wfile.write(b"data: [DONE]\n\n")

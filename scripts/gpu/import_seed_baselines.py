@@ -29,13 +29,14 @@ CTX = {"ctx=0": 0, "ctx=512": 512, "ctx=2K": 2048, "ctx=8K": 8192, "ctx=16K": 16
 
 
 def grid(rows: dict[str, tuple[float, float, float]]) -> dict[str, float]:
-    return {f"decode_tps[ctx={CTX[c]},out={o}]": v for c, vals in rows.items() for o, v in zip(OUT, vals)}
+    return {f"decode_tps[ctx={CTX[c]},out={o}]": v for c, vals in rows.items() for o, v in zip(OUT, vals, strict=True)}
 
 
 # (hardware, config id) -> [(source doc, {figure: value})]; a config may take figures from two documents.
 TABLE: dict[tuple[str, str], list[tuple[str, dict[str, float]]]] = {
     # --- sm121 (GB10), seed 000 table "DGX Spark" ---
-    ("sm121", "sm121-coder-int4"): [(S000, {"decode_tps[ctx=0,out=medium]": 86.4, "decode_tps[ctx=0,out=long]": 86.9})],
+    ("sm121", "sm121-coder-int4"): [
+        (S000, {"decode_tps[ctx=0,out=medium]": 86.4, "decode_tps[ctx=0,out=long]": 86.9})],
     ("sm121", "sm121-coder-int4-eagle3-nst3"): [
         (S000, {"decode_tps[ctx=0,out=medium]": 69.1, "decode_tps[ctx=0,out=long]": 94.6})],
     ("sm121", "sm121-coder-int4-w4a8"): [
@@ -64,7 +65,8 @@ TABLE: dict[tuple[str, str], list[tuple[str, dict[str, float]]]] = {
     ("sm121", "sm121-next-nvfp4-marlin-mtp-nst2"): [(S003, {"decode_tps[ctx=0,out=long]": 59.9,
                                                             "acceptance_length": 2.42})],
     # --- sm120 (RTX PRO 6000), seed 000 table "Spiegel 2" and its llama-benchy table ---
-    ("sm120", "sm120-coder-int4"): [(S000, {"decode_tps[ctx=0,out=medium]": 210.5, "decode_tps[ctx=0,out=long]": 211.7})],
+    ("sm120", "sm120-coder-int4"): [
+        (S000, {"decode_tps[ctx=0,out=medium]": 210.5, "decode_tps[ctx=0,out=long]": 211.7})],
     ("sm120", "sm120-coder-int4-eagle3-nst3"): [
         (S000, {"decode_tps[ctx=0,out=medium]": 178.0, "decode_tps[ctx=0,out=long]": 298.2}),
         (S000_BENCHY, {
@@ -73,7 +75,8 @@ TABLE: dict[tuple[str, str], list[tuple[str, dict[str, float]]]] = {
             "decode_tps[ctx=8192,out=short]": 73.4, "decode_tps[ctx=8192,out=medium]": 72.7,
             "ttft_ms_client[ctx=512,out=short]": 30.0, "ttft_ms_client[ctx=2048,out=short]": 76.0,
             "ttft_ms_client[ctx=8192,out=short]": 305.0,
-            "prefill_tps[ctx=512]": 16181.0, "prefill_tps[ctx=2048]": 23333.0, "prefill_tps[ctx=8192]": 22632.0})],
+            "prefill_tps[ctx=512]": 16181.0, "prefill_tps[ctx=2048]": 23333.0,
+            "prefill_tps[ctx=8192]": 22632.0})],
     ("sm120", "sm120-coder-int4-w4a8"): [
         (S000, {"decode_tps[ctx=0,out=medium]": 210.5, "decode_tps[ctx=0,out=long]": 211.8})],
     ("sm120", "sm120-coder-nvfp4-fi-cutlass"): [(S000, {"decode_tps[ctx=0,out=medium]": 157.9})],

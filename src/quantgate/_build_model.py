@@ -5,6 +5,8 @@ Usage: python _build_model.py JOB_JSON
    "special_tokens": [...], "eos_token": ..., "pad_token": ..., "chat_template": ...}
   {"kind": "model", "out": DIR, "recipe": {...ModelRecipe fields...}, "bos_token_id": 0, "eos_token_id": 2,
    "pad_token_id": 0}
+  a recipe with "train": "<task>" (qwen3-arith) also needs "tokenizer": DIR and gets trained weights;
+  that path imports transformers (its Qwen3 module, so the trained checkpoint is exactly what vLLM loads)
 
 Kept free of quantgate imports so that it runs by file path with any interpreter that has torch,
 tokenizers and safetensors. transformers is not needed (importing it alone costs ~5 s): the checkpoint
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import sys
 import time
@@ -293,11 +296,150 @@ def _save(out: Path, state: dict[str, Any], config: dict[str, Any]) -> dict[str,
     return {"params": sum(t.numel() for t in state.values())}
 
 
+# --- trained models -------------------------------------------------------------------------------------
+# A recipe with "train" set gets its weights trained here instead of drawn at random. The task ids are
+# versioned: changing what a task trains on means a new id (the id is part of the recipe digest).
+
+# Same formats and word lists as quantgate.accuracy's generated problem set (tests/unit/test_accuracy.py checks).
+ARITH_NAMES = ("Ann", "Ben", "Tom", "Sam", "Mia", "Leo")
+ARITH_THINGS = ("books", "cards", "stones", "trees", "tokens", "cups")
+TRAIN_TASKS: dict[str, dict[str, Any]] = {
+    # single-digit sums and differences, two-digit sums, one-line word problems; ~2 min on 2 cores
+    "arith-v1": {"steps": 1500, "batch": 64, "lr": 2e-3, "warmup": 60, "weight_decay": 0.01,
+                 "mix": {"add1": 0.2, "sub1": 0.15, "add2": 0.4, "word": 0.25}},
+}
+TRAIN_THREADS = 2  # fixed, so the float reductions (and the bytes) are the same on a bigger machine
+
+
+def arith_example(rng: random.Random, category: str) -> tuple[str, str]:
+    """(prompt, answer) in the accuracy set's formats: "12 + 7 =" -> "19"; word problems end in "Answer:"."""
+    if category == "add1":
+        a, b, op = rng.randint(0, 9), rng.randint(0, 9), "+"
+    elif category == "sub1":
+        a, b = sorted((rng.randint(0, 9), rng.randint(0, 9)), reverse=True)
+        op = "-"
+    elif category == "add2":
+        a, b, op = rng.randint(10, 99), rng.randint(10, 99), "+"
+    elif category == "word":
+        op = rng.choice("+-")
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        if op == "-":
+            a, b = max(a, b), min(a, b)
+        name, thing = rng.choice(ARITH_NAMES), rng.choice(ARITH_THINGS)
+        verb = f"gets {b} more" if op == "+" else f"gives away {b}"
+        value = a + b if op == "+" else a - b
+        return f"{name} has {a} {thing} and {verb}. How many {thing} now? Answer:", str(value)
+    else:
+        raise ValueError(f"unknown arithmetic category {category!r}")
+    return f"{a} {op} {b} =", str(a + b if op == "+" else a - b)
+
+
+def _qwen3_config(r: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
+    config = _common_config(r, job)
+    config.update({"sliding_window": None, "use_sliding_window": False,
+                   "max_window_layers": r["num_hidden_layers"], "architectures": ["Qwen3ForCausalLM"],
+                   "model_type": "qwen3", "layer_types": ["full_attention"] * r["num_hidden_layers"]})
+    return config
+
+
+def build_trained(job: dict[str, Any]) -> dict[str, Any]:
+    """Train a dense Qwen3 (transformers' own module, so the checkpoint is exactly what vLLM loads) on
+    generated text of the recipe's task, then save it in bf16. Deterministic for a seed: the data come
+    from random.Random(seed), the initialization from torch.manual_seed(seed), the thread count is fixed."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    r, out = job["recipe"], Path(job["out"])
+    if r["architecture"] != "qwen3":
+        raise SystemExit(f"train={r['train']!r}: only dense qwen3 recipes can be trained")
+    task = TRAIN_TASKS.get(r["train"])
+    if task is None:
+        raise SystemExit(f"unknown training task {r['train']!r} (known: {', '.join(TRAIN_TASKS)})")
+    torch.set_num_threads(TRAIN_THREADS)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(r["seed"])
+    tok = Tokenizer.from_file(str(Path(job["tokenizer"]) / "tokenizer.json"))
+    eos, pad = job["eos_token_id"], job["pad_token_id"]
+
+    config = _qwen3_config(r, job)
+    hf_config = Qwen3Config(**{k: v for k, v in config.items() if k not in ("architectures", "dtype",
+                                                                          "torch_dtype")})
+    model = Qwen3ForCausalLM(hf_config).float()
+    model.train()
+    rng = random.Random(f"quantgate-train:{r['train']}:{r['seed']}")
+    categories, weights = zip(*task["mix"].items(), strict=True)
+    cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+
+    def encode(prompt: str, answer: str) -> tuple[list[int], list[int]]:
+        key = (prompt, answer)
+        if key not in cache:
+            cache[key] = (tok.encode(prompt).ids, tok.encode(" " + answer).ids + [eos])
+        return cache[key]
+
+    def batch() -> tuple[Any, Any]:
+        rows = [encode(*arith_example(rng, rng.choices(categories, weights)[0])) for _ in range(task["batch"])]
+        width = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (p, a) in enumerate(rows):
+            seq = p + a
+            ids[i, : len(seq)] = torch.tensor(seq)
+            # position t predicts token t+1: label the answer tokens (and the EOS) at the position before
+            labels[i, len(p) - 1: len(seq) - 1] = torch.tensor(a)
+        return ids, labels
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": task["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=task["lr"], betas=(0.9, 0.98))
+    steps, warmup = task["steps"], task["warmup"]
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    t0 = time.perf_counter()
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = task["lr"] * lr_at(step)
+        ids, labels = batch()
+        # right padding: causal attention never lets a real token see a pad, so no mask is needed
+        hidden = model.model(input_ids=ids).last_hidden_state
+        mask = labels != -100
+        logits = model.lm_head(hidden[mask])  # only where there is a label: most of the vocab matmul saved
+        loss = torch.nn.functional.cross_entropy(logits, labels[mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss))
+        if step % 100 == 0 or step == steps - 1:
+            print(f"step {step} loss {sum(losses[-50:]) / len(losses[-50:]):.4f} "
+                  f"{time.perf_counter() - t0:.1f}s", flush=True)
+
+    names = set(_qwen3_layout(r))
+    state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in model.state_dict().items() if k in names}
+    missing = names - set(state)
+    if missing:
+        raise SystemExit(f"trained model lacks tensors {sorted(missing)[:5]}")
+    result = _save(out, state, config)
+    result.update({"train": r["train"], "train_steps": steps, "train_seconds": round(time.perf_counter() - t0, 3),
+                   "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5)})
+    return result
+
+
 def build_model(job: dict[str, Any]) -> dict[str, Any]:
     import safetensors
     import torch
 
-    result = build_eagle3(job) if job["recipe"]["architecture"] == "eagle3" else build_qwen3(job)
+    if job["recipe"].get("train"):
+        result = build_trained(job)
+    else:
+        result = build_eagle3(job) if job["recipe"]["architecture"] == "eagle3" else build_qwen3(job)
     result["versions"] = {"torch": torch.__version__, "safetensors": safetensors.__version__}
     return result
 

@@ -63,6 +63,7 @@ class Verdict:
     tolerance_source: str = ""
     kernel_diff: tuple[str, ...] = ()
     spread: float | None = None  # measured CV
+    interval: tuple[float, float] | None = None  # one-sided 95% bounds of "worse by", as fractions
 
     def message(self) -> str:
         head = f"config {self.config_id!r} {self.figure}"
@@ -72,9 +73,12 @@ class Verdict:
         if self.outcome == "updated" or self.baseline is None or self.delta is None or self.tolerance is None:
             was = "" if self.baseline is None else f" (was {self.baseline:.4g})"
             return f"{head}: baseline recorded, {self.measured:.4g} {self.unit}{was}"
-        verb = "regressed" if self.outcome == "fail" else "within tolerance"
+        verb = {"fail": "regressed", "indeterminate": "indeterminate (too noisy to tell)"}.get(
+            self.outcome, "within tolerance")
         text = (f"{head} {verb}: baseline {self.baseline:.4g} {self.unit}, measured {self.measured:.4g} "
                 f"{self.unit}, delta {self.delta:+.1%} (tolerance {self.tolerance:.1%}, {self.tolerance_source})")
+        if self.interval is not None and self.outcome != "pass":
+            text += f"; worse by {self.interval[0]:+.1%}..{self.interval[1]:+.1%} (95%)"
         if self.kernel_diff:
             text += "; kernels changed: " + "; ".join(self.kernel_diff)
         return text
@@ -193,10 +197,23 @@ class BaselineStore:
         return path
 
 
+Z_ONE_SIDED_95 = 1.645
+
+
+def median_standard_error(cv: float, n: int) -> float:
+    """Relative standard error of a median of n samples with robust CV `cv` (1.2533 sigma / sqrt(n))."""
+    if n <= 0 or math.isnan(cv):
+        return math.inf
+    return 1.2533 * cv / math.sqrt(n)
+
+
 def judge(
     config_id: str, figure: Figure, baseline: Baseline | None, noise: NoiseModel,
     kernel_diff: tuple[str, ...] = (),
 ) -> Verdict:
+    """Fail only when the figure is worse than the baseline by more than the tolerance (the smallest effect
+    that matters, set from A/A noise) and a one-sided 95% interval says it is worse at all; say
+    "indeterminate" when this run's own spread is too wide to tell."""
     measured = figure.median
     base = baseline.figures.get(figure.name) if baseline else None
     if base is None or base.get("median") is None:
@@ -204,10 +221,21 @@ def judge(
     base_median = float(base["median"])
     tolerance, source = noise.tolerance(figure.metric)
     worse = worse_by(measured, base_median, figure.higher_is_better)
-    outcome = "fail" if (math.isnan(worse) or worse > tolerance) else "pass"
+    se = math.hypot(median_standard_error(figure.cv if len(figure.samples) > 1 else 0.0, len(figure.samples)),
+                    median_standard_error(float(base.get("cv") or 0.0), int(base.get("n") or 1)))
+    low, high = worse - Z_ONE_SIDED_95 * se, worse + Z_ONE_SIDED_95 * se
+    if math.isnan(worse):
+        outcome = "fail"
+    elif worse > tolerance:
+        outcome = "fail" if low > 0 else "indeterminate"
+    elif high > 2 * tolerance:
+        outcome = "indeterminate"  # cannot rule out a regression of twice the tolerance
+    else:
+        outcome = "pass"
     return Verdict(
         config_id, figure.name, figure.unit, outcome, measured, base_median,
         delta=(measured - base_median) / base_median if base_median else math.nan,
         tolerance=tolerance, tolerance_source=source, kernel_diff=kernel_diff,
         spread=round_sig(figure.cv) if figure.samples else None,
+        interval=(round_sig(low), round_sig(high)),
     )

@@ -133,7 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "run":
+        args.pytest_args = unknown + list(args.pytest_args)  # `quantgate run -v -k w8a8` goes to pytest
     if getattr(args, "config", None) is None and args.command == "calibrate":
         args.config = ["bf16", "w4a16"]
     from .matrix import MatrixError

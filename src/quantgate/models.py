@@ -48,6 +48,8 @@ ARCHITECTURES = ("qwen3", "qwen3_moe", "eagle3")
 QUANTIZATIONS = ("w4a16", "w8a8", "fp8-dynamic")  # None means bf16
 # llmcompressor presets, all data-free (W8A8: int8 per-channel weights, dynamic per-token activations).
 QUANT_SCHEMES = {"w4a16": "W4A16", "w8a8": "W8A8", "fp8-dynamic": "FP8_DYNAMIC"}
+# Training tasks a recipe's `train` may name (defined in _build_model.TRAIN_TASKS; an id never changes meaning).
+TRAIN_TASKS = ("arith-v1",)
 QUANT_IGNORE = ("lm_head", "re:.*mlp.gate$")  # keep the LM head and the MoE router in bf16
 GROUP_SIZE = 128  # W4A16 group size: vLLM needs it to divide every quantized input dimension
 
@@ -100,6 +102,7 @@ class ModelRecipe:
     moe_intermediate_size: int = 0
     eagle_target: str | None = None  # eagle3 only: the base recipe whose hidden states the draft reads
     eagle_aux_hidden_state_layer_ids: tuple[int, ...] = ()
+    train: str | None = None  # a TRAIN_TASKS id: weights trained on that task's generated text, not random
 
     def __post_init__(self) -> None:
         ids = self.eagle_aux_hidden_state_layer_ids
@@ -122,6 +125,8 @@ class ModelRecipe:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eagle_aux_hidden_state_layer_ids"] = list(self.eagle_aux_hidden_state_layer_ids)
+        if d["train"] is None:  # added after the first recipes: left out so their digests stay the same
+            del d["train"]
         return d
 
     def digest(self) -> str:
@@ -197,6 +202,12 @@ def _validate(r: ModelRecipe) -> None:
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
             bad(f"{key}={value!r} must be a positive number")
 
+    if r.train is not None:
+        if r.train not in TRAIN_TASKS:
+            bad(f"train={r.train!r} is not one of {', '.join(TRAIN_TASKS)}")
+        if r.architecture != "qwen3":
+            bad(f"train={r.train!r}: only dense qwen3 recipes can be trained")
+
     moe_keys = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
     if r.architecture == "qwen3_moe":
         if not _is_int(r.num_experts) or r.num_experts < 2:
@@ -266,6 +277,12 @@ RECIPES: dict[str, ModelRecipe] = {
     "qwen3-moe": dataclasses.replace(
         _DENSE, name="qwen3-moe", architecture="qwen3_moe", num_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=256,
+    ),
+    # A tiny model that really does arithmetic: weights trained locally (~2 min on 2 cores) on the text of
+    # quantgate.accuracy's generated problem set, so math accuracy means something on the embedded default.
+    "qwen3-arith": dataclasses.replace(
+        _DENSE, name="qwen3-arith", num_hidden_layers=3, intermediate_size=512, max_position_embeddings=2048,
+        train="arith-v1",
     ),
     # One draft layer reading target layers 1-3: Qwen3's default (2, L//2, L-3) collides for a 4-layer target.
     "eagle3-qwen3-dense": dataclasses.replace(
@@ -539,6 +556,8 @@ def _ensure(recipe: ModelRecipe, cache: Path, log: Log | None) -> tuple[Path, bo
         def build(tmp: Path) -> dict[str, Any]:
             job = {"kind": "model", "out": str(tmp), "recipe": recipe.to_dict(),
                    "bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+            if recipe.train is not None:
+                job["tokenizer"] = str(tok)
             result = _run_worker(sys.executable, BUILD_WORKER, job, cwd=tmp / ".scratch", log_as=logs)
             shutil.rmtree(tmp / ".scratch", ignore_errors=True)
             _copy_tokenizer(tok, tmp, recipe.max_position_embeddings)

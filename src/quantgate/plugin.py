@@ -17,6 +17,7 @@ import pytest
 from . import engine as engine_mod
 from .baselines import BaselineError, Verdict
 from .hardware import GPU_IDS, MARKERS, Hardware, detect
+from .kernels import KernelRecord, diff_records
 from .matrix import EngineConfig, Matrix, MatrixError, load_matrices
 from .report import write_report
 from .session import Run, Settings, gated_figure_names
@@ -37,6 +38,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "--qg-serve-arg=--enforce-eager")
     group.addoption("--qg-only", action="append", default=[], metavar="ID",
                     help="config ids that --qg-serve-arg applies to")
+    group.addoption("--qg-strict", action="store_true", default=False,
+                    help="count indeterminate verdicts (too noisy to tell) as failures")
     group.addoption("--qg-start-timeout", type=float, default=None, metavar="S",
                     help="seconds an engine may take to become healthy (default 900)")
     group.addoption("--qg-prestart", action="store_true", default=False,
@@ -372,6 +375,10 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
         state.verdicts.append(verdict)
         if verdict.outcome in ("fail", "missing"):
             pytest.fail(verdict.message(), pytrace=False)
+        if verdict.outcome == "indeterminate":
+            if state.config.getoption("qg_strict"):
+                pytest.fail(verdict.message(), pytrace=False)
+            pytest.xfail(f"INDETERMINATE: {verdict.message()}")  # neither pass nor fail, and visible
         return verdict
 
     return gate
@@ -388,6 +395,34 @@ def qg_kernels(request: pytest.FixtureRequest) -> Any:
             return state.run.kernel_record(config_id)
 
     return kernels
+
+
+@pytest.fixture
+def qg_explain(request: pytest.FixtureRequest) -> Any:
+    """qg_explain(config_id): one paragraph for a failed kernel snapshot: the kernel change against the
+    baseline's record and every gated figure's delta, measured now (the figures' own tests reuse it)."""
+    state = _state(request.config)
+
+    def explain(config_id: str) -> str:
+        run = state.run
+        try:
+            base = run.baseline(config_id)
+            m = run.measurement(config_id)
+        except Exception as exc:  # the snapshot diff below still says what changed
+            return f"kernel selection changed for {config_id!r} (figures unavailable: {exc})"
+        lines = [f"kernel selection changed for config {config_id!r}"]
+        if base is not None and base.kernels is not None:
+            lines += ["  " + d for d in diff_records(KernelRecord.from_dict(base.kernels),
+                                                      KernelRecord.from_dict(m.kernels))]
+        for name, fig in sorted(m.figures.items()):
+            if not fig.gated:
+                continue
+            v = run.verdict(config_id, name)
+            delta = f"{v.delta:+.1%}" if v.delta is not None else "no baseline"
+            lines.append(f"  {name}: {delta} ({v.outcome})")
+        return "\n".join(lines)
+
+    return explain
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ from typing import Any
 __all__ = ["test_kernel_selection", "test_figure"]
 
 
-def test_kernel_selection(qg_config_id: str, qg_kernels: Any, qg_kernel_snapshot: Any) -> None:
-    """The engine's kernel choices (attention, GEMM, MoE, compile, CUDA graphs) match the snapshot."""
-    assert qg_kernels(qg_config_id) == qg_kernel_snapshot
+def test_kernel_selection(qg_config_id: str, qg_kernels: Any, qg_kernel_snapshot: Any, qg_explain: Any) -> None:
+    """The engine's kernel choices (attention, GEMM, MoE, compile, CUDA graphs) match the snapshot; on a
+    mismatch the message also gives what changed and what it cost (figures vs baseline)."""
+    assert qg_kernels(qg_config_id) == qg_kernel_snapshot, qg_explain(qg_config_id)
 
 
 def test_figure(qg_config_id: str, qg_figure: str, qg_gate: Any) -> None:

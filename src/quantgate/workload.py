@@ -147,6 +147,10 @@ class Client:
         body = {
             "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "seed": 42,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+            # token ids in every chunk: a chunk whose token detokenizes to "" (a random-weight model that
+            # greedily repeats a lone UTF-8 continuation byte or a special token, seen on the H100) still
+            # counts as a token for TTFT and decode timing
+            "return_token_ids": True,
         }
         usage: dict[str, Any] | None = None
         first: float | None = None
@@ -175,7 +179,7 @@ class Client:
                     usage = event["usage"]
                 choices = event.get("choices") or []
                 # empty first chunks (role-only or "") are not the first token: anchors' TTFT pitfall
-                if choices and choices[0].get("text"):
+                if choices and (choices[0].get("text") or choices[0].get("token_ids")):
                     now = time.perf_counter()
                     first = first if first is not None else now
                     last = now

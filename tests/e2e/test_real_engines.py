@@ -74,7 +74,10 @@ def test_cpu_matrix_records_then_gates_then_catches_enforce_eager(suite, pyteste
     report = next((pytester.path / "results").glob("*/report.md")).read_text()
     assert "| Config | Quant | Spec |" in report and "| ctx=512 |" in report
 
-    # 2. an unchanged rerun of two configs passes against those baselines
+    # 2. an unchanged rerun passes against those baselines. This checks the pipeline, not the machine's noise
+    # (tests/unit and `quantgate calibrate` cover that): a wide tolerance keeps CI from flaking on a busy host.
+    (folder / "noise.json").write_text(json.dumps(
+        {"k": 0, "metrics": {"rel_decode_tps": {"tolerance": 0.5}, "acceptance_length": {"tolerance": 0.2}}}))
     again = suite("-k", "ngram-nst3")
     assert again.ret == 0, again.stdout.str()[-4000:]
     assert again.parseoutcomes().get("passed", 0) >= 7  # kernels, 6 ratio cells, acceptance

@@ -56,6 +56,9 @@ def test_slower_engine_fails_with_delta_and_kernel_change(qg, pytester: pytest.P
     assert "FAILED test_gate.py::test_kernel_selection[ref]" not in out
     assert "regressed: baseline" in out and "rel_decode_tps[ctx=0,out=long]" in out
     assert "kernels changed: " in out and "enforce_eager: False -> True" in out
+    # the snapshot failure itself says what changed and what it cost
+    assert "kernel selection changed for config 'w4'" in out
+    assert "rel_decode_tps[ctx=0,out=long]: -" in out
     assert slow.ret == 1
     # the refresh makes it pass again
     qg("--qg-serve-arg=--enforce-eager", "--qg-only=w4", "--update-baselines").assert_outcomes(passed=4, xfailed=3)

@@ -393,3 +393,58 @@ def test_w4a16_build(dense: Path, cache: Path) -> None:
     assert manifest["base"] == dense.name and manifest["scheme"] == "W4A16"
     assert "llmcompressor" in manifest["versions"]
     assert (path / "model.safetensors").stat().st_size < (dense / "model.safetensors").stat().st_size
+
+
+# --- the trained arithmetic model (qwen3-arith) ----------------------------------------------------------
+
+def test_existing_digests_are_pinned() -> None:
+    """Adding `train` to ModelRecipe must not move the random-weight recipes' cache folders."""
+    assert RECIPES["qwen3-dense"].dir_name == "qwen3-dense-bf16-77da8d80e271"
+    assert RECIPES["qwen3-moe"].dir_name == "qwen3-moe-bf16-17f2e927b900"
+    assert RECIPES["eagle3-qwen3-dense"].dir_name == "eagle3-qwen3-dense-bf16-bda2bb9c78b1"
+    assert "train" not in RECIPES["qwen3-dense"].to_dict()
+
+
+def test_arith_recipe() -> None:
+    arith = RECIPES["qwen3-arith"]
+    assert (arith.architecture, arith.train, arith.hidden_size, arith.vocab_size) == ("qwen3", "arith-v1", 256, 4096)
+    assert arith.to_dict()["train"] == "arith-v1"
+    untrained = dataclasses.replace(arith, train=None)
+    assert arith.digest() != untrained.digest()
+    w8a8 = recipe_from_spec({"recipe": "qwen3-arith", "quantization": "w8a8"})
+    assert w8a8.base() == arith and w8a8.dir_name.startswith("qwen3-arith-w8a8-")
+    with pytest.raises(ModelError, match=r"train='nope' is not one of arith-v1"):
+        dataclasses.replace(arith, train="nope")
+    with pytest.raises(ModelError, match="only dense qwen3 recipes can be trained"):
+        dataclasses.replace(RECIPES["qwen3-moe"], train="arith-v1")
+    with pytest.raises(ModelError, match="unknown model key"):
+        recipe_from_spec({"recipe": "qwen3-dense", "train": "arith-v1"})
+
+
+@needs_transformers
+def test_trained_build_is_deterministic_and_loads(dense: Path, cache: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training step itself, in-process and cut to 3 steps of a 1-layer model (the real one takes ~2 min)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from quantgate import _build_model
+
+    monkeypatch.setitem(_build_model.TRAIN_TASKS, "arith-v1",
+                        dict(_build_model.TRAIN_TASKS["arith-v1"], steps=3, batch=8))
+    recipe = dataclasses.replace(RECIPES["qwen3-arith"], num_hidden_layers=1).to_dict()
+    tok = models.ensure_tokenizer(4096, cache)
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        out.mkdir()
+        job = {"kind": "model", "out": str(out), "recipe": recipe, "tokenizer": str(tok), "bos_token_id": 0,
+               "eos_token_id": 2, "pad_token_id": 0}
+        result = _build_model.build_model(job)
+        assert result["train"] == "arith-v1" and result["train_steps"] == 3
+        outs.append(out)
+    assert sha256(outs[0] / "model.safetensors") == sha256(outs[1] / "model.safetensors")
+    assert sha256(outs[0] / "model.safetensors") != sha256(dense / "model.safetensors")
+    model, info = AutoModelForCausalLM.from_pretrained(outs[0], output_loading_info=True)
+    assert not any(info.values()), info
+    assert type(model).__name__ == "Qwen3ForCausalLM" and model.dtype == torch.bfloat16

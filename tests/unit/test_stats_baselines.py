@@ -85,3 +85,24 @@ def test_noise_model_default_and_file(tmp_path: Path) -> None:
     store.write_noise("cpu-x", {"k": 3, "metrics": {"rel_decode_tps": {"tolerance": 0.08}}})
     tol, source = store.noise("cpu-x", 0.3).tolerance("rel_decode_tps")
     assert tol == 0.08 and "noise.json" in source
+
+
+def _base(tmp_path: Path, samples) -> object:
+    store = BaselineStore(tmp_path)
+    store.update("cpu-x", "c", [fig("decode_tps[c]", samples)], None, {}, "r")
+    return store.load("cpu-x", "c")
+
+
+def test_noisy_run_is_indeterminate_not_pass_or_fail(tmp_path: Path) -> None:
+    base = _base(tmp_path, [100, 101, 99, 100, 100])
+    noise = NoiseModel({"decode_tps": 0.10}, 0.25)
+    # 20% worse on the median, but the run itself spreads over 2x: cannot tell
+    v = judge("c", fig("decode_tps[c]", [40, 80, 160]), base, noise)
+    assert v.outcome == "indeterminate"
+    assert "too noisy" in v.message() and "(95%)" in v.message()
+    # the same median with a tight run is a clear regression
+    assert judge("c", fig("decode_tps[c]", [80, 80.5, 79.5]), base, noise).outcome == "fail"
+    # a tight run inside the tolerance passes
+    assert judge("c", fig("decode_tps[c]", [95, 95.5, 94.5]), base, noise).outcome == "pass"
+    # inside the tolerance but so noisy that a 2x-tolerance regression cannot be ruled out
+    assert judge("c", fig("decode_tps[c]", [60, 100, 170]), base, noise).outcome == "indeterminate"

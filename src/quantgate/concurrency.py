@@ -1,0 +1,429 @@
+"""Concurrency sweep: output tok/s, TTFT, TPOT and ITL at c = 1, 2, 4, 8, as `vllm bench serve` defines them.
+
+Definitions (vllm/benchmarks/serve.py `calculate_metrics`, docs "Understanding the Latency Metrics"):
+
+- TTFT: request sent -> first streamed chunk that carries text (vLLM's client takes the first chunk with a
+  ``choices`` entry even when its text is empty; quantgate skips empty chunks, the anchors' TTFT pitfall;
+  vLLM's /v1/completions never sends an empty first chunk, so on vLLM the two agree).
+- ITL: gaps between consecutive content chunks, pooled over every request of the level. Under speculative
+  decoding one chunk carries several accepted tokens, so ITL adds no zero-length gaps and exceeds TPOT.
+- TPOT: per request ``(e2e - ttft) / (output_tokens - 1)`` with e2e to the last content chunk and
+  output_tokens from ``usage``; requests with one token have no TPOT.
+- output tok/s: sum of completion tokens / wall time of the level (first request sent -> last finished).
+
+Load shape: ``--request-rate inf --max-concurrency c``: N requests, at most c in flight, each worker thread
+with its own HTTP connection (threads release the GIL on socket reads; the per-chunk work is a json.loads
+and a perf_counter). Prompts are random token ids whose first block is unique to the request, as in
+`quantgate.workload`; the prefix-cache hit rate of each level's /metrics window is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from .metrics import MetricsSnapshot, parse_prometheus
+from .stats import Figure
+from .workload import NONCE_TOKENS, Client, PromptMaker, WorkloadError
+
+SWEEP_SEED = 4343  # a prompt stream of its own: no first block shared with the grid or llama-benchy prompts
+SWEEP_WARMUP_SEED = 4444
+MAX_PREFIX_CACHE_HIT_RATE = 0.05
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one timed stream (shared with quantgate.benchy)
+
+
+@dataclass
+class StreamTiming:
+    """Client timing of one streamed /v1/completions request; every time is seconds after `start`."""
+
+    start: float  # perf_counter when the request was sent
+    ttfr_s: float  # first SSE data event of any kind (llama-benchy's TTFR)
+    ttft_s: float  # first event that carries text (llama-benchy's e2e_ttft, vllm bench serve's TTFT)
+    e2e_s: float  # last content chunk (vllm bench serve's latency)
+    end_s: float  # [DONE] received
+    content_times: list[float]  # arrival of every content chunk
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def chunks(self) -> int:
+        return len(self.content_times)
+
+    @property
+    def itls(self) -> list[float]:
+        t = self.content_times
+        return [b - a for a, b in zip(t, t[1:], strict=False)]
+
+    @property
+    def tpot_s(self) -> float:
+        n = self.completion_tokens
+        return (self.e2e_s - self.ttft_s) / (n - 1) if n > 1 else math.nan
+
+    @property
+    def decode_tps(self) -> float:
+        """llama-benchy's tg t/s: (generated - 1) / (last content chunk - first content chunk)."""
+        d = self.e2e_s - self.ttft_s
+        n = self.completion_tokens - 1
+        return n / d if d > 0 and n > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ttfr_s": self.ttfr_s, "ttft_s": self.ttft_s, "e2e_s": self.e2e_s, "end_s": self.end_s,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "chunks": self.chunks, "tpot_s": self.tpot_s, "itls_s": self.itls,
+        }
+
+
+def request_body(model: str, prompt: list[int] | str, max_tokens: int) -> dict[str, Any]:
+    """The same request as `quantgate.workload.Client.complete` sends."""
+    return {
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "seed": 42,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+    }
+
+
+def timed_stream(http: httpx.Client, model: str, prompt: list[int] | str, max_tokens: int) -> StreamTiming:
+    """POST /v1/completions with stream=True and time every event; raises WorkloadError on a bad answer."""
+    body = request_body(model, prompt, max_tokens)
+    usage: dict[str, Any] | None = None
+    ttfr: float | None = None
+    times: list[float] = []
+    perf = time.perf_counter
+    start = perf()
+    with http.stream("POST", "/v1/completions", json=body) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise WorkloadError(f"POST /v1/completions answered HTTP {resp.status_code}: {resp.text[:300]!r}")
+        done = False
+        for line in resp.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            now = perf()
+            if ttfr is None:
+                ttfr = now
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                done = True
+                break
+            try:
+                event = json.loads(payload)
+            except json.JSONDecodeError as exc:
+                raise WorkloadError(f"malformed SSE event from server: {payload[:120]!r}") from exc
+            if event.get("usage"):
+                usage = event["usage"]
+            choices = event.get("choices")
+            if choices and choices[0].get("text"):
+                times.append(now)
+        if not done:
+            raise WorkloadError("stream ended without [DONE] (truncated response)")
+    end = perf()
+    if usage is None:
+        raise WorkloadError("stream carried no usage block (stream_options.include_usage ignored?)")
+    completion = int(usage.get("completion_tokens") or 0)
+    if completion == 0 or not times or ttfr is None:
+        raise WorkloadError(f"server returned zero tokens for a {max_tokens}-token request")
+    return StreamTiming(
+        start=start, ttfr_s=ttfr - start, ttft_s=times[0] - start, e2e_s=times[-1] - start, end_s=end - start,
+        content_times=[t - start for t in times], prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=completion,
+    )
+
+
+def worker_http(client: Client, pool: int = 1) -> httpx.Client:
+    """A new connection pool with the client's base URL, API key and timeout (one per worker thread)."""
+    return httpx.Client(base_url=client.base_url, headers=dict(client.http.headers), timeout=client.http.timeout,
+                        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# server histograms from /metrics
+
+_BUCKET = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)_bucket\{([^}]*)\}\s+([-+0-9.eEinfNa]+)')
+_LE = re.compile(r'le="([^"]+)"')
+_MODEL = re.compile(r'model_name="([^"]*)"')
+
+
+def histogram_buckets(text: str, name: str, model_name: str | None = None) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of one histogram, summed over label sets (model filtered)."""
+    out: dict[float, float] = {}
+    for line in text.splitlines():
+        m = _BUCKET.match(line)
+        if not m or m.group(1) != name:
+            continue
+        model = _MODEL.search(m.group(2))
+        if model_name is not None and model and model.group(1) != model_name:
+            continue
+        le = _LE.search(m.group(2))
+        if not le:
+            continue
+        bound = math.inf if le.group(1) in ("+Inf", "inf") else float(le.group(1))
+        out[bound] = out.get(bound, 0.0) + float(m.group(3))
+    return out
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """Prometheus histogram_quantile over the window after - before (linear within a bucket)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return math.nan
+    rank = q * counts[-1]
+    prev_bound, prev_count = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return prev_bound
+            width = count - prev_count
+            return prev_bound + (bound - prev_bound) * ((rank - prev_count) / width if width > 0 else 1.0)
+        prev_bound, prev_count = bound, count
+    return bounds[-2] if len(bounds) > 1 else math.nan
+
+
+@dataclass
+class ServerWindow:
+    """vLLM's own view of a measured window: histogram means and quantiles, token counters."""
+
+    snapshot_before: MetricsSnapshot
+    snapshot_after: MetricsSnapshot
+    text_before: str
+    text_after: str
+    model: str
+
+    def mean(self, name: str) -> float:
+        n = self.snapshot_after.delta(self.snapshot_before, name + "_count")
+        s = self.snapshot_after.delta(self.snapshot_before, name + "_sum")
+        return s / n if n > 0 else math.nan
+
+    def quantile(self, name: str, q: float) -> float:
+        return histogram_quantile(q, histogram_buckets(self.text_before, name, self.model),
+                                  histogram_buckets(self.text_after, name, self.model))
+
+    def delta(self, name: str) -> float:
+        return self.snapshot_after.delta(self.snapshot_before, name)
+
+    @property
+    def prefix_cache_hit_rate(self) -> float | None:
+        queries = self.delta("vllm:prefix_cache_queries_total")
+        return self.delta("vllm:prefix_cache_hits_total") / queries if queries else None
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "ttft_mean_s": self.mean("vllm:time_to_first_token_seconds"),
+            "ttft_p50_s": self.quantile("vllm:time_to_first_token_seconds", 0.5),
+            "tpot_mean_s": self.mean("vllm:request_time_per_output_token_seconds"),
+            "itl_mean_s": self.mean("vllm:inter_token_latency_seconds"),
+            "itl_p50_s": self.quantile("vllm:inter_token_latency_seconds", 0.5),
+            "e2e_mean_s": self.mean("vllm:e2e_request_latency_seconds"),
+            "generation_tokens": self.delta("vllm:generation_tokens_total"),
+        }
+
+
+def scrape(http: httpx.Client, model: str) -> tuple[str, MetricsSnapshot]:
+    resp = http.get("/metrics")
+    if resp.status_code != 200:
+        raise WorkloadError(f"GET /metrics answered HTTP {resp.status_code}")
+    return resp.text, parse_prometheus(resp.text, model_name=model)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the sweep
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    levels: tuple[int, ...] = (1, 2, 4, 8)
+    prompt_len: int = 64  # total prompt tokens, the unique first block included
+    output_len: int = 64
+    requests_per_level: int = 0  # 0: max(8, 4 x c)
+    repeats: int = 1  # the whole sweep again, levels interleaved: one sample per repeat in every Figure
+    warmup: int = 1  # warm-up requests (different prompt stream) per level, at that concurrency
+    percentiles: tuple[float, ...] = (50.0, 99.0)
+    max_prefix_cache_hit_rate: float = MAX_PREFIX_CACHE_HIT_RATE
+
+    def requests_for(self, c: int) -> int:
+        return self.requests_per_level or max(8, 4 * c)
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    repeat: int
+    streams: list[StreamTiming]
+    duration_s: float
+    server: ServerWindow | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.streams)
+
+    @property
+    def output_tps(self) -> float:
+        return self.output_tokens / self.duration_s if self.duration_s > 0 else math.nan
+
+    @property
+    def ttfts(self) -> list[float]:
+        return [s.ttft_s for s in self.streams]
+
+    @property
+    def tpots(self) -> list[float]:
+        return [s.tpot_s for s in self.streams if s.completion_tokens > 1]
+
+    @property
+    def itls(self) -> list[float]:
+        return [gap for s in self.streams for gap in s.itls]
+
+    @property
+    def e2els(self) -> list[float]:
+        return [s.e2e_s for s in self.streams]
+
+    def percentile_ms(self, values: Sequence[float], p: float) -> float:
+        return float(np.percentile(values, p)) * 1000 if values else math.nan
+
+    def summary(self, percentiles: Sequence[float] = (50.0, 99.0)) -> dict[str, float]:
+        """The keys `vllm bench serve --save-result` writes (mean_/median_/p99_ ttft,tpot,itl,e2el _ms)."""
+        out: dict[str, float] = {
+            "completed": float(len(self.streams)), "duration": self.duration_s,
+            "total_output_tokens": float(self.output_tokens), "output_throughput": self.output_tps,
+        }
+        for metric, values in (("ttft", self.ttfts), ("tpot", self.tpots), ("itl", self.itls),
+                               ("e2el", self.e2els)):
+            out[f"mean_{metric}_ms"] = float(np.mean(values)) * 1000 if values else math.nan
+            out[f"median_{metric}_ms"] = self.percentile_ms(values, 50)
+            for p in percentiles:
+                out[f"p{p:g}_{metric}_ms"] = self.percentile_ms(values, p)
+        return out
+
+
+@dataclass
+class SweepResult:
+    settings: SweepSettings
+    levels: list[LevelResult] = field(default_factory=list)
+    wall_s: float = 0.0
+    prefix_cache_hit_rate: float | None = None
+
+    @property
+    def prefix_cache_suspect(self) -> bool:
+        """True when the prefix cache served more than the allowed share of prompt tokens."""
+        rate = self.prefix_cache_hit_rate
+        return rate is not None and rate > self.settings.max_prefix_cache_hit_rate
+
+    def of(self, c: int) -> list[LevelResult]:
+        return [lv for lv in self.levels if lv.concurrency == c]
+
+    def figures(self) -> list[Figure]:
+        return sweep_figures(self)
+
+
+def _run_level(client: Client, prompts: list[list[int]], output_len: int, c: int,
+               https: list[httpx.Client]) -> tuple[list[StreamTiming], float]:
+    """N prompts, at most c in flight (vllm bench serve --max-concurrency c --request-rate inf)."""
+    lock = threading.Lock()
+    todo = list(enumerate(prompts))
+    results: list[StreamTiming | None] = [None] * len(prompts)
+    errors: list[BaseException] = []
+
+    def worker(http: httpx.Client) -> None:
+        while True:
+            with lock:
+                if not todo or errors:
+                    return
+                i, prompt = todo.pop(0)
+            try:
+                results[i] = timed_stream(http, client.model, prompt, output_len)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                with lock:
+                    errors.append(exc)
+                return
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=c, thread_name_prefix="qg-sweep") as pool:
+        for fut in [pool.submit(worker, https[k]) for k in range(c)]:
+            fut.result()
+    duration = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return [r for r in results if r is not None], duration
+
+
+def run_sweep(
+    client: Client, vocab_size: int, settings: SweepSettings | None = None,
+    progress: Callable[[str], None] | None = None, *, server_metrics: bool = True,
+) -> SweepResult:
+    """Warm up and measure every level (repeats interleaved); /metrics is scraped around each level."""
+    s = settings or SweepSettings()
+    if s.prompt_len < NONCE_TOKENS:
+        raise ValueError(f"prompt_len must be at least {NONCE_TOKENS} (the unique first block)")
+    started = time.perf_counter()
+    measure, warm = PromptMaker(vocab_size, SWEEP_SEED), PromptMaker(vocab_size, SWEEP_WARMUP_SEED)
+    context = s.prompt_len - NONCE_TOKENS
+    out = SweepResult(settings=s)
+    https = [worker_http(client) for _ in range(max(s.levels))]
+    try:
+        window_text, window_start = scrape(client.http, client.model)
+        for rep in range(s.repeats):
+            for c in s.levels:
+                if s.warmup:
+                    _run_level(client, [warm.make(context) for _ in range(max(s.warmup, c))], s.output_len, c,
+                               https)
+                prompts = [measure.make(context) for _ in range(s.requests_for(c))]
+                before = scrape(client.http, client.model) if server_metrics else None
+                streams, duration = _run_level(client, prompts, s.output_len, c, https)
+                window = None
+                if before is not None:
+                    after = scrape(client.http, client.model)
+                    window = ServerWindow(before[1], after[1], before[0], after[0], client.model)
+                level = LevelResult(c, rep, streams, duration, window)
+                out.levels.append(level)
+                if progress:
+                    progress(f"rep {rep + 1}/{s.repeats} c={c}: {level.output_tps:.1f} output tok/s, "
+                             f"TPOT p50 {level.percentile_ms(level.tpots, 50):.1f} ms")
+        end_text, window_end = scrape(client.http, client.model)
+    finally:
+        for h in https:
+            h.close()
+    whole = ServerWindow(window_start, window_end, window_text, end_text, client.model)
+    out.prefix_cache_hit_rate = whole.prefix_cache_hit_rate
+    out.wall_s = time.perf_counter() - started
+    return out
+
+
+def sweep_figures(result: SweepResult) -> list[Figure]:
+    """Per level: output_tps[c=N], ttft/tpot/itl/e2el _ms_p50 and _p99 (one sample per repeat, client side);
+    raw per-request values in `extra`. None is gated here: the caller decides which to gate."""
+    figures: list[Figure] = []
+    note = (f"prefix-cache hit rate {result.prefix_cache_hit_rate:.1%} over the sweep"
+            if result.prefix_cache_suspect and result.prefix_cache_hit_rate is not None else "")
+    for c in result.settings.levels:
+        levels = result.of(c)
+        if not levels:
+            continue
+        key = f"c={c}"
+        figures.append(Figure(
+            f"output_tps[{key}]", "tok/s", True, tuple(lv.output_tps for lv in levels), "client", gated=False,
+            note=note, extra={"requests": [len(lv.streams) for lv in levels],
+                              "duration_s": [lv.duration_s for lv in levels],
+                              "server": [lv.server.summary() if lv.server else {} for lv in levels]},
+        ))
+        for metric, getter in (("ttft", "ttfts"), ("tpot", "tpots"), ("itl", "itls"), ("e2el", "e2els")):
+            for p in result.settings.percentiles:
+                tag = "p50" if p == 50 else f"p{p:g}"
+                samples = tuple(lv.percentile_ms(getattr(lv, getter), p) for lv in levels)
+                extra: dict[str, Any] = {}
+                if p == result.settings.percentiles[0]:
+                    extra["raw_ms"] = [[v * 1000 for v in getattr(lv, getter)] for lv in levels]
+                figures.append(Figure(f"{metric}_ms_{tag}[{key}]", "ms", False, samples, "client", gated=False,
+                                      extra=extra))
+    return figures

@@ -1,0 +1,54 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quantgate import cli, hardware
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_hardware_prints_detected_id(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTGATE_HARDWARE", "sm121")
+    assert cli.main(["hardware"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["id"] == "sm121" and "versions" in data
+
+
+def test_cpu_isa_ids() -> None:
+    assert hardware.cpu_isa_id({"avx2", "avx512f", "amx_tile"}) == "cpu-amx"
+    assert hardware.cpu_isa_id({"avx2", "avx512f"}) == "cpu-avx512"
+    assert hardware.cpu_isa_id({"avx2"}) == "cpu-avx2"
+    assert hardware.marker_for("cpu-avx2") == "cpu" and hardware.marker_for("sm90") == "sm90"
+    assert hardware.bandwidth_for("NVIDIA H100 80GB HBM3") == 3350.0
+
+
+def test_kernels_command_prints_record(capsys: pytest.CaptureFixture[str]) -> None:
+    log = next((REPO / "fixtures/logs/cpu").glob("*w4a16*.log"))
+    assert cli.main(["kernels", str(log)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["linear_kernels"] == {"CompressedTensorsWNA16": "CPUWNA16LinearKernel"}
+    assert record["platform"] == "cpu"
+
+
+def test_kernels_command_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli.main(["kernels", str(tmp_path / "nope.log")]) == 2
+    assert "nope.log: no such file" in capsys.readouterr().err
+
+
+def test_run_passes_pytest_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[list[str]] = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    monkeypatch.setenv("QUANTGATE_HARDWARE", "cpu-avx2")
+    assert cli.main(["run", "-v", "-k", "w8a8", "--update-baselines"]) == 0
+    cmd = seen[0]
+    assert cmd[:3] == [sys.executable, "-m", "pytest"]
+    assert cmd[cmd.index("-m", 3) + 1] == "cpu"
+    assert cmd[-4:] == ["-v", "-k", "w8a8", "--update-baselines"]
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run([sys.executable, "-m", "quantgate.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "calibrate" in out.stdout
