@@ -54,7 +54,7 @@ class StreamTiming:
     ttft_s: float  # first event that carries text (llama-benchy's e2e_ttft, vllm bench serve's TTFT)
     e2e_s: float  # last content chunk (vllm bench serve's latency)
     end_s: float  # [DONE] received
-    content_times: list[float]  # arrival of every content chunk
+    content_times: list[float]  # arrival of every token chunk from the first one with text
     prompt_tokens: int
     completion_tokens: int
 
@@ -100,7 +100,8 @@ def timed_stream(http: httpx.Client, model: str, prompt: list[int] | str, max_to
     body = request_body(model, prompt, max_tokens)
     usage: dict[str, Any] | None = None
     ttfr: float | None = None
-    times: list[float] = []
+    events: list[float] = []  # every event with a choices entry, as vllm bench serve counts them
+    first_text: int | None = None  # index of the first one that carries text
     perf = time.perf_counter
     start = perf()
     with http.stream("POST", "/v1/completions", json=body) as resp:
@@ -125,16 +126,22 @@ def timed_stream(http: httpx.Client, model: str, prompt: list[int] | str, max_to
             if event.get("usage"):
                 usage = event["usage"]
             choices = event.get("choices")
-            if choices and choices[0].get("text"):
-                times.append(now)
+            if choices:
+                if first_text is None and choices[0].get("text"):
+                    first_text = len(events)
+                events.append(now)
         if not done:
             raise WorkloadError("stream ended without [DONE] (truncated response)")
     end = perf()
     if usage is None:
         raise WorkloadError("stream carried no usage block (stream_options.include_usage ignored?)")
     completion = int(usage.get("completion_tokens") or 0)
-    if completion == 0 or not times or ttfr is None:
+    if completion == 0 or not events or ttfr is None:
         raise WorkloadError(f"server returned zero tokens for a {max_tokens}-token request")
+    # leading events without text (a role-only or empty first chunk) are not the first token; later empty
+    # ones are (a special token or an incomplete UTF-8 sequence held back by the detokenizer), as in vLLM's
+    # client; a stream whose tokens all decode to "" is timed on all its events
+    times = events[first_text:] if first_text is not None else events
     return StreamTiming(
         start=start, ttfr_s=ttfr - start, ttft_s=times[0] - start, e2e_s=times[-1] - start, end_s=end - start,
         content_times=[t - start for t in times], prompt_tokens=int(usage.get("prompt_tokens") or 0),

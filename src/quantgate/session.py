@@ -157,8 +157,16 @@ class Run:
     def _check_gpu_free(self, config_id: str) -> None:
         if not self.hardware.is_gpu or os.environ.get("QUANTGATE_ALLOW_BUSY_GPU") == "1":
             return
+        # vLLM's GPU memory is held by the engine-core child, not the API server we started: compare groups
         ours = {e.process.pid for e in engine_mod.live_engines() if e.process is not None}
-        others = [(pid, mib) for pid, mib in hardware_mod.gpu_memory_holders() if pid not in ours]
+
+        def group(pid: int) -> int | None:
+            try:
+                return os.getpgid(pid)
+            except OSError:
+                return None  # another container's pid, or gone
+
+        others = [(pid, mib) for pid, mib in hardware_mod.gpu_memory_holders() if group(pid) not in ours]
         if others:
             held = ", ".join(f"pid {pid} ({mib} MiB)" for pid, mib in others)
             raise engine_mod.EngineStartError(
