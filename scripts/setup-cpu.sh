@@ -12,7 +12,9 @@ TORCH="torch==2.13.0+cpu"
 log() { printf '[setup-cpu %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 install_torch() {  # $1 = venv. The +cpu build: PyPI's plain torch is a multi-GB CUDA build.
-  "$1/bin/pip" install -q --no-index "$TORCH" 2>/dev/null \
+  # First from what pip already knows (a local wheel folder in pip.conf's find-links, a mirror); only then
+  # from PyTorch's CPU index (which an air-gapped runner cannot reach: that attempt would only retry).
+  "$1/bin/pip" install -q "$TORCH" 2>/dev/null \
     || "$1/bin/pip" install -q "$TORCH" --extra-index-url "$TORCH_INDEX"
 }
 

@@ -90,6 +90,11 @@ def test_cpu_matrix_records_then_gates_then_catches_enforce_eager(suite, pyteste
     assert "enforce_eager" in out and "rel_decode_tps[ctx=0,out=long]" in out
 
 
+@pytest.mark.fault(
+    "interrupts",
+    "Ctrl-C during a real engine start",
+    "vllm serve and its engine core gone within seconds",
+)
 def test_ctrl_c_during_engine_start_leaves_no_engine(pytester: pytest.Pytester, suite) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-m", "cpu", "-k", "bf16 and kernel and not moe", "-p", "no:cacheprovider"],

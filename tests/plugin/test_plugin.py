@@ -19,6 +19,11 @@ def test_collects_one_test_per_config_and_gated_figure(qg, pytester: pytest.Pyte
     assert "gpu-only" not in out  # deselected by -m cpu
 
 
+@pytest.mark.fault(
+    "hardware",
+    "pytest -m sm121 on a machine that is not sm121",
+    "exit code 4 and a sentence naming both",
+)
 def test_hardware_marker_for_other_machine_says_so(pytester: pytest.Pytester, qg) -> None:
     result = pytester.runpytest_subprocess("-m", "sm121", timeout=120)
     assert result.ret == 4
@@ -65,6 +70,7 @@ def test_slower_engine_fails_with_delta_and_kernel_change(qg, pytester: pytest.P
     qg("--qg-serve-arg=--enforce-eager", "--qg-only=w4").assert_outcomes(passed=4, xfailed=3)
 
 
+@pytest.mark.fault("baselines", "refresh of a subset (-k)", "other configs' baselines and kernel snapshots untouched")
 def test_subset_refresh_keeps_other_configs(qg, pytester: pytest.Pytester) -> None:
     qg("--update-baselines").assert_outcomes(passed=4, xfailed=3)
     folder = pytester.path / "baselines" / HW
@@ -77,6 +83,11 @@ def test_subset_refresh_keeps_other_configs(qg, pytester: pytest.Pytester) -> No
     qg().assert_outcomes(passed=4, xfailed=3)
 
 
+@pytest.mark.fault(
+    "engine",
+    "fails at start",
+    "every test of the config fails with the exit code and the last lines of its log",
+)
 def test_engine_start_failure_shows_log_tail(qg, pytester: pytest.Pytester) -> None:
     text = (pytester.path / "matrix.toml").read_text().replace(
         'expected_failure = "no MoE backend on this CPU"\n', "")
@@ -87,6 +98,11 @@ def test_engine_start_failure_shows_log_tail(qg, pytester: pytest.Pytester) -> N
                                  "*No WNA16 MoE backend supports the deployment configuration*"])
 
 
+@pytest.mark.fault(
+    "matrix",
+    "bad matrix under pytest",
+    "ERROR: quantgate: <file>: config ...: ... and exit code 4 before collection",
+)
 def test_bad_matrix_is_a_usage_error(qg, pytester: pytest.Pytester) -> None:
     (pytester.path / "matrix.toml").write_text('[[config]]\nid = "x"\nmodel = "/m"\nquantization = "int3"\n')
     result = qg()

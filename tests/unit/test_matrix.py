@@ -59,6 +59,12 @@ def test_good_matrix_parses_every_field(tmp_path: Path, monkeypatch: pytest.Monk
     assert (m.gate.mode, m.gate.reference) == ("relative", "bf16")
 
 
+@pytest.mark.fault(
+    "matrix",
+    "unknown key / quantization / speculative method, duplicate id, missing model, "
+    "num_speculative_tokens out of range, env var not a string",
+    "one-line MatrixError naming the file, the config and the value",
+)
 @pytest.mark.parametrize(
     ("mutation", "message"),
     [
@@ -83,6 +89,7 @@ def test_bad_matrix_names_file_config_and_value(tmp_path: Path, mutation, messag
     assert str(path) in str(info.value)
 
 
+@pytest.mark.fault("matrix", "invalid TOML", "error names the file, line and column")
 def test_invalid_toml_reports_line(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace('id = "bf16"', 'id = "bf16'))
     with pytest.raises(MatrixError, match=r"invalid TOML: .*line \d+"):

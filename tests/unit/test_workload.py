@@ -38,6 +38,11 @@ def test_client_times_stream_and_uses_api_key() -> None:
     assert r.client_ttft_s < r.client_e2e_s
 
 
+@pytest.mark.fault(
+    "server answers",
+    "HTTP 500, HTTP 429, truncated stream, malformed SSE, zero tokens, usage missing",
+    "WorkloadError naming what was wrong; the config's figure tests fail with it",
+)
 @pytest.mark.parametrize(
     ("mode", "message"),
     [
@@ -54,6 +59,7 @@ def test_client_rejects_bad_answers(mode: str, message: str) -> None:
         client.complete([1, 2, 3], 8)
 
 
+@pytest.mark.fault("server answers", "a stream that stalls", "per-request timeout (request_timeout_s) raises")
 def test_stalled_stream_times_out() -> None:
     import httpx
 
