@@ -86,6 +86,23 @@ class FakeServer:
                 else:
                     self._send(404, b"{}")
 
+            def _answer(self, body: dict[str, Any]) -> None:
+                """Solve 'a + b =' prompts (wrongly when FAKE_ACCURACY_WRONG is set): a scripted model whose
+                accuracy the test controls."""
+                import re
+
+                found = re.findall(r"(\d+) ([+-]) (\d+)", str(body.get("prompt", "")))
+                value = 0
+                if found:
+                    a, op, b = found[-1]
+                    value = int(a) + int(b) if op == "+" else int(a) - int(b)
+                if os.environ.get("FAKE_ACCURACY_WRONG"):
+                    value += 1
+                text = f" {value}\n"
+                reply = {"choices": [{"text": text, "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 8, "completion_tokens": 2}}
+                self._send(200, json.dumps(reply).encode())
+
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 auth = self.headers.get("Authorization")
@@ -96,10 +113,10 @@ class FakeServer:
                 server.requests.append({"body": body, "auth": auth})
                 keyfile = os.environ.get("FAKE_KEYFILE")
                 if keyfile and auth:
-                    seen = set(json.loads(Path(keyfile).read_text())) if os.path.exists(keyfile) else set()
-                    seen.add(auth.removeprefix("Bearer "))
-                    with open(keyfile, "w") as fh:
-                        json.dump(sorted(seen), fh)
+                    with server.lock:  # handler threads run concurrently under the concurrency sweep
+                        seen = set(json.loads(Path(keyfile).read_text())) if os.path.exists(keyfile) else set()
+                        seen.add(auth.removeprefix("Bearer "))
+                        Path(keyfile).write_text(json.dumps(sorted(seen)))
                 if server.die_after is not None and len(server.requests) > server.die_after:
                     server.died = True
                     self.connection.close()
@@ -107,6 +124,9 @@ class FakeServer:
                 mode = server.mode
                 if mode in ("500", "429"):
                     self._send(int(mode), json.dumps({"error": f"fake {mode}"}).encode())
+                    return
+                if body.get("stream") is False:  # non-streaming: the accuracy workload
+                    self._answer(body)
                     return
                 n = int(body["max_tokens"])
                 prompt = body["prompt"]

@@ -218,6 +218,8 @@ def judge(
     base = baseline.figures.get(figure.name) if baseline else None
     if base is None or base.get("median") is None:
         return Verdict(config_id, figure.name, figure.unit, "missing", measured, kernel_diff=kernel_diff)
+    if figure.unit == "fraction":
+        return _judge_fraction(config_id, figure, base, noise, kernel_diff)
     base_median = float(base["median"])
     tolerance, source = noise.tolerance(figure.metric)
     worse = worse_by(measured, base_median, figure.higher_is_better)
@@ -238,4 +240,25 @@ def judge(
         tolerance=tolerance, tolerance_source=source, kernel_diff=kernel_diff,
         spread=round_sig(figure.cv) if figure.samples else None,
         interval=(round_sig(low), round_sig(high)),
+    )
+
+
+ACCURACY_TOLERANCE = 0.08  # absolute, vLLM's accuracy gate default
+
+
+def _judge_fraction(config_id: str, figure: Figure, base: dict[str, Any], noise: NoiseModel,
+                    kernel_diff: tuple[str, ...]) -> Verdict:
+    """Accuracy (samples are per-problem 0/1): vLLM's gate="ci" against baseline minus an absolute tolerance,
+    with a Wilson interval instead of a median comparison."""
+    from .accuracy import gate_accuracy
+
+    k, n = int(sum(figure.samples)), len(figure.samples)
+    base_acc = float(base.get("mean", base["median"]))
+    tolerance = noise.tolerances.get(figure.metric, ACCURACY_TOLERANCE)
+    v = gate_accuracy(k, n, threshold=base_acc - tolerance)
+    return Verdict(
+        config_id, figure.name, figure.unit, v.outcome, k / n if n else math.nan, base_acc,
+        delta=(k / n - base_acc) / base_acc if base_acc and n else math.nan, tolerance=tolerance,
+        tolerance_source=f"absolute, Wilson {int(v.confidence * 100)}% bounds {v.lower:.3f}..{v.upper:.3f}",
+        kernel_diff=kernel_diff,
     )

@@ -23,11 +23,13 @@ MAX_SPEC_TOKENS = 8
 
 _CONFIG_KEYS = {
     "id", "label", "model", "quantization", "speculative", "env", "serve_args", "hardware",
-    "expected_failure", "max_model_len", "reference", "tags",
+    "expected_failure", "max_model_len", "reference", "tags", "workloads",
 }
+WORKLOADS = ("grid", "benchy", "concurrency", "accuracy")
 _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", "prompt_lookup_min", "extra"}
 _WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "settle_s"}
-_TOP_KEYS = {"defaults", "workload", "gate", "config"}
+_TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy"}
+_ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
 _GATE_KEYS = {"mode", "reference", "default_tolerance"}
 
 
@@ -86,6 +88,7 @@ class EngineConfig:
     label: str = ""
     tags: tuple[str, ...] = ()
     source: str = ""  # "file.toml: config 'id'" for messages
+    workloads: tuple[str, ...] = ("grid",)  # grid, benchy, concurrency, accuracy
 
     @property
     def spec_label(self) -> str:
@@ -119,11 +122,23 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
+class AccuracySettings:
+    problems: int = 100  # generated from the seed (quantgate.accuracy), unless path names a GSM8K-style JSONL
+    seed: int = 42
+    path: str | None = None
+    max_tokens: int = 8
+    concurrency: int = 1
+
+
+@dataclass(frozen=True)
 class Matrix:
     path: Path
     configs: tuple[EngineConfig, ...]
     workload: WorkloadSettings
     gate: GateSettings
+    benchy: dict[str, Any] = field(default_factory=dict)  # quantgate.benchy.BenchySettings fields
+    concurrency: dict[str, Any] = field(default_factory=dict)  # quantgate.concurrency.SweepSettings fields
+    accuracy: AccuracySettings = field(default_factory=AccuracySettings)
 
     def get(self, config_id: str) -> EngineConfig:
         for cfg in self.configs:
@@ -226,7 +241,13 @@ def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Pat
     mml = merged.get("max_model_len", 4096)
     if not isinstance(mml, int) or mml < 64:
         raise MatrixError(f"{where}: max_model_len must be an integer >= 64, got {mml!r}")
+    workloads = _str_list(merged.get("workloads", ["grid"]), where, "workloads")
+    unknown_workloads = sorted(set(workloads) - set(WORKLOADS))
+    if unknown_workloads or not workloads:
+        raise MatrixError(f"{where}: unknown workload {unknown_workloads[0] if unknown_workloads else '(none)'!r} "
+                          f"(known: {', '.join(WORKLOADS)})")
     return EngineConfig(
+        workloads=workloads,
         id=cid, model=model, quantization=quant, hardware=hardware,
         speculative=_parse_speculative(merged.get("speculative"), where),
         env=env_raw, serve_args=serve_args, max_model_len=mml, expected_failure=expected,
@@ -292,7 +313,39 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     if gate.mode == "relative" and gate.reference not in seen:
         raise MatrixError(f"{path}: [gate] reference {gate.reference!r} is not a config id of this matrix")
     return Matrix(path=path, configs=tuple(configs), workload=_parse_workload(data.get("workload", {}), path),
-                  gate=gate)
+                  gate=gate, benchy=_settings_table(data, "benchy", path),
+                  concurrency=_settings_table(data, "concurrency", path),
+                  accuracy=_parse_accuracy(data.get("accuracy", {}), path))
+
+
+def _settings_table(data: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
+    """[benchy] / [concurrency]: the fields of BenchySettings / SweepSettings, lists become tuples."""
+    from dataclasses import fields
+
+    from .benchy import BenchySettings
+    from .concurrency import SweepSettings
+
+    table = data.get(name, {})
+    cls = BenchySettings if name == "benchy" else SweepSettings
+    allowed = {f.name for f in fields(cls)} - {"max_model_len"}
+    _check_keys(table, allowed, f"{path}: [{name}]")
+    out: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+    try:
+        cls(**out)
+    except (TypeError, ValueError) as exc:
+        raise MatrixError(f"{path}: [{name}]: {exc}") from None
+    return out
+
+
+def _parse_accuracy(raw: Mapping[str, Any], path: Path) -> AccuracySettings:
+    _check_keys(raw, _ACCURACY_KEYS, f"{path}: [accuracy]")
+    settings = AccuracySettings(**raw)
+    if not isinstance(settings.problems, int) or settings.problems < 50 and settings.path is None:
+        raise MatrixError(f"{path}: [accuracy] problems must be an integer >= 50, got {settings.problems!r}")
+    if settings.path is not None:
+        resolved = (path.parent / _expand(settings.path)).resolve()
+        settings = AccuracySettings(**{**raw, "path": str(resolved)})
+    return settings
 
 
 def load_matrices(paths: list[Path]) -> tuple[Matrix, ...]:

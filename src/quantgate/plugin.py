@@ -12,6 +12,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from . import engine as engine_mod
@@ -326,7 +327,7 @@ def _failures_as_messages(run: Run, config_id: str) -> Any:
 
     try:
         yield
-    except (engine_mod.EngineError, ModelError, WorkloadError, BaselineError) as exc:
+    except (engine_mod.EngineError, ModelError, WorkloadError, BaselineError, httpx.HTTPError) as exc:
         expected = run.config(config_id).expected_failure
         if expected is not None and expected.applies_to(run.hardware.id):
             raise
@@ -369,7 +370,7 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
                     was = run.verdict(config_id, figure).baseline
                 except BaselineError:
                     was = None  # a corrupt or foreign file is what --update-baselines is for
-                verdict = Verdict(config_id, figure, fig.unit, "updated", fig.median, was)
+                verdict = Verdict(config_id, figure, fig.unit, "updated", fig.value, was)
             else:
                 verdict = run.verdict(config_id, figure)
         state.verdicts.append(verdict)

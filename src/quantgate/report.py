@@ -139,4 +139,15 @@ def write_report(run: Run, measured: list[Measurement], verdicts: list[Verdict])
     }
     js = folder / "summary.json"
     atomic_write(js, json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
-    return [md, js]
+    paths = [md, js]
+    try:  # plots are a convenience: a broken matplotlib must not cost the run its report
+        from . import plots
+
+        shown: Any = measured  # Measurement satisfies plots.MeasurementLike structurally
+        for made in (plots.plot_decode_vs_context(shown, folder / "decode_vs_context.png"),
+                     plots.plot_acceptance(shown, folder / "acceptance_per_position.png")):
+            if made is not None:
+                paths.append(Path(made))
+    except Exception as exc:  # noqa: BLE001
+        run.log(f"quantgate: no plots ({exc})")
+    return paths

@@ -229,9 +229,15 @@ class Run:
         cells = grid(matrix.workload, cfg.max_model_len)
         vocab = _vocab_size(Path(self.resolve_models(cfg).model))
         started = time.monotonic()
+        source = "server" if matrix.gate.mode == "relative" else "client"
+        extra: list[Figure] = []
         with Client(eng.base_url, eng.served_model_name, eng.api_key, matrix.workload.request_timeout_s) as client:
             try:
-                result = run_grid(client, matrix.workload, cells, vocab)
+                if "grid" in cfg.workloads:
+                    result = run_grid(client, matrix.workload, cells, vocab)
+                else:
+                    result, cells = WorkloadResult(), []
+                extra = self._extra_workloads(client, cfg, matrix, vocab, source)
             except Exception as exc:
                 if not eng.alive():
                     slot.error = engine_mod.EngineError(
@@ -239,8 +245,8 @@ class Run:
                         f"log {eng.log_path}, last lines:\n{eng.log_tail()}")
                     raise slot.error from exc
                 raise
-        source = "server" if matrix.gate.mode == "relative" else "client"
         figures = {f.name: f for f in figures_from(result, cells, source, cfg.speculative is not None)}
+        figures.update({f.name: f for f in extra})
         ref = self.reference_of(config_id)
         if ref is not None:
             for f in list(figures.values()):
@@ -262,6 +268,33 @@ class Run:
         slot.measurement = m
         self._save_raw(m, time.monotonic() - started)
         return m
+
+    def _extra_workloads(self, client: Client, cfg: EngineConfig, matrix: Matrix, vocab: int,
+                         source: str) -> list[Figure]:
+        """llama-benchy pp/tg, the concurrency sweep and math accuracy, for configs that ask for them.
+        Speed figures are gated only where absolute speed is (GPU lanes); accuracy is gated everywhere."""
+        figures: list[Figure] = []
+        gate_speed = matrix.gate.mode == "absolute"
+        if "benchy" in cfg.workloads:
+            from .benchy import BenchySettings, run_benchy
+
+            settings = BenchySettings(**{**matrix.benchy, "max_model_len": cfg.max_model_len})
+            for f in run_benchy(client, vocab, settings).figures(source):
+                figures.append(f if gate_speed else replace(f, gated=False))
+        if "concurrency" in cfg.workloads:
+            from .concurrency import SweepSettings, run_sweep
+
+            for f in run_sweep(client, vocab, SweepSettings(**matrix.concurrency)).figures():
+                figures.append(replace(f, gated=gate_speed and f.metric == "output_tps"))
+        if "accuracy" in cfg.workloads:
+            from . import accuracy
+
+            acc = matrix.accuracy
+            problems = (accuracy.load_jsonl(acc.path) if acc.path
+                        else accuracy.generate_problems(seed=acc.seed, n=acc.problems))
+            result = accuracy.run_accuracy(client, problems, max_tokens=acc.max_tokens, concurrency=acc.concurrency)
+            figures.append(accuracy.accuracy_figure(result))
+        return figures
 
     def _relative_figures(self, figures: dict[str, Figure], reference: Measurement) -> list[Figure]:
         out = []
@@ -343,13 +376,25 @@ def _vocab_size(model_dir: Path) -> int:
 
 def gated_figure_names(cfg: EngineConfig, matrix: Matrix) -> list[str]:
     """The figures a config is gated on, known before anything runs (one pytest test each)."""
-    cells = grid(matrix.workload, cfg.max_model_len)
+    cells = grid(matrix.workload, cfg.max_model_len) if "grid" in cfg.workloads else []
     names: list[str] = []
     if matrix.gate.mode == "relative":
         if cfg.id != matrix.gate.reference:
             names += [f"rel_decode_tps[{c.key}]" for c in cells]
     else:
         names += [f"decode_tps[{c.key}]" for c in cells]
-    if cfg.speculative is not None:
+        if "benchy" in cfg.workloads:
+            from .benchy import BenchySettings
+
+            b = BenchySettings(**{**matrix.benchy, "max_model_len": cfg.max_model_len})
+            names += [f"pp_tps[pp={pp},depth={d}]" for pp, d in b.pp_cells()]
+            names += [f"tg_tps[tg={tg},depth={d}]" for tg, d in b.tg_cells()]
+        if "concurrency" in cfg.workloads:
+            from .concurrency import SweepSettings
+
+            names += [f"output_tps[c={c}]" for c in SweepSettings(**matrix.concurrency).levels]
+    if cfg.speculative is not None and cells:
         names.append("acceptance_length")
+    if "accuracy" in cfg.workloads:
+        names.append("math_accuracy")
     return names

@@ -26,6 +26,13 @@ class Figure:
         return self.name.split("[", 1)[0]
 
     @property
+    def value(self) -> float:
+        """The figure's headline: the mean for fractions (per-item 0/1 scores), else the median."""
+        if self.unit == "fraction":
+            return sum(self.samples) / len(self.samples) if self.samples else math.nan
+        return self.median
+
+    @property
     def median(self) -> float:
         return median(self.samples)
 
@@ -45,6 +52,7 @@ class Figure:
             "gated": self.gated,
             "n": len(self.samples),
             "median": round_sig(self.median),
+            "mean": round_sig(sum(self.samples) / len(self.samples)) if self.samples else math.nan,
             "mad": round_sig(self.mad),
             "cv": round_sig(self.cv),
             "min": round_sig(min(self.samples)) if self.samples else math.nan,
