@@ -62,3 +62,13 @@ def test_settings_from_env(tmp_path) -> None:
     b = from_env({"QUANTGATE_LAUNCHER": "attach", "QUANTGATE_ATTACH_URL": "http://h:1",
                   "QUANTGATE_ATTACH_LOG": str(log)})
     assert b.attach is not None and attach_kernel_log(b.attach)[0].startswith("INFO")
+
+
+@pytest.mark.fault("security", "containers", "never --privileged; port published on 127.0.0.1 only; API key passed "
+                   "by name from the environment")
+@pytest.mark.parametrize("runtime", ["podman", "docker"])
+def test_container_is_never_privileged(runtime: str) -> None:
+    cmd = container_command(ContainerSpec("img", runtime=runtime), CFG, "/data/m", None, 4321, [])
+    assert not any("privileged" in part for part in cmd)
+    assert "127.0.0.1:4321:" + cmd[cmd.index("-p") + 1].split(":")[-1] == cmd[cmd.index("-p") + 1]
+    assert cmd[cmd.index("-e") + 1] == "VLLM_API_KEY"
