@@ -239,6 +239,9 @@ class Run:
                     result, cells = WorkloadResult(), []
                 extra = self._extra_workloads(client, cfg, matrix, vocab, source)
             except Exception as exc:
+                deadline = time.monotonic() + 3.0  # a dying server drops the connection just before it exits
+                while eng.alive() and time.monotonic() < deadline:
+                    time.sleep(0.1)
                 if not eng.alive():
                     slot.error = engine_mod.EngineError(
                         f"engine for config {config_id!r} died during measurement ({exc}); "
