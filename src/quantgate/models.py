@@ -389,7 +389,9 @@ def find_quant_python(start: Path | None = None) -> Path | None:
             raise ModelError(f"QUANTGATE_QUANT_PYTHON={env} does not exist")
         return path
     here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
+    # beside the running interpreter's venv too (<repo>/.venv -> <repo>/.venv-quant): pytest may run from
+    # another folder (a pytester tmp dir, another repo using quantgate's checkout)
+    for folder in (here, *here.parents, Path(sys.prefix).resolve().parent):
         candidate = folder / ".venv-quant" / "bin" / "python"
         if candidate.exists():
             return candidate

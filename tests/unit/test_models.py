@@ -166,11 +166,22 @@ def test_find_quant_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         models.find_quant_python()
 
 
+def test_quantizer_is_found_beside_the_running_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    quant = tmp_path / "repo" / ".venv-quant" / "bin"
+    quant.mkdir(parents=True)
+    (quant / "python").write_text("")
+    monkeypatch.delenv("QUANTGATE_QUANT_PYTHON", raising=False)
+    monkeypatch.chdir(tmp_path)  # pytest started elsewhere, e.g. a pytester folder
+    monkeypatch.setattr("sys.prefix", str(tmp_path / "repo" / ".venv"))
+    assert models.find_quant_python() == quant / "python"
+
+
 def test_quantized_recipe_without_quantizer_says_how_to_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     monkeypatch.delenv("QUANTGATE_QUANT_PYTHON", raising=False)
     monkeypatch.chdir(tmp_path)  # no .venv-quant here or above (tmp_path is outside the repo)
+    monkeypatch.setattr("sys.prefix", str(tmp_path / "venv"))  # nor beside the running interpreter's venv
     recipe = recipe_from_spec({"recipe": "qwen3-dense", "quantization": "w4a16"})
     with pytest.raises(ModelError) as info:
         ensure_model(recipe, tmp_path / "cache")
