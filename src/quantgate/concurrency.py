@@ -19,7 +19,6 @@ and a perf_counter). Prompts are random token ids whose first block is unique to
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
@@ -34,7 +33,7 @@ import numpy as np
 
 from .metrics import MetricsSnapshot, parse_prometheus
 from .stats import Figure
-from .workload import NONCE_TOKENS, Client, PromptMaker, WorkloadError
+from .workload import NONCE_TOKENS, Client, PromptMaker, WorkloadError, sse_events
 
 SWEEP_SEED = 4343  # a prompt stream of its own: no first block shared with the grid or llama-benchy prompts
 SWEEP_WARMUP_SEED = 4444
@@ -104,34 +103,16 @@ def timed_stream(http: httpx.Client, model: str, prompt: list[int] | str, max_to
     first_text: int | None = None  # index of the first one that carries text
     perf = time.perf_counter
     start = perf()
-    with http.stream("POST", "/v1/completions", json=body) as resp:
-        if resp.status_code != 200:
-            resp.read()
-            raise WorkloadError(f"POST /v1/completions answered HTTP {resp.status_code}: {resp.text[:300]!r}")
-        done = False
-        for line in resp.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            now = perf()
-            if ttfr is None:
-                ttfr = now
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                done = True
-                break
-            try:
-                event = json.loads(payload)
-            except json.JSONDecodeError as exc:
-                raise WorkloadError(f"malformed SSE event from server: {payload[:120]!r}") from exc
-            if event.get("usage"):
-                usage = event["usage"]
-            choices = event.get("choices")
-            if choices:
-                if first_text is None and choices[0].get("text"):
-                    first_text = len(events)
-                events.append(now)
-        if not done:
-            raise WorkloadError("stream ended without [DONE] (truncated response)")
+    for now, event in sse_events(http, body):
+        if ttfr is None:
+            ttfr = now
+        if event.get("usage"):
+            usage = event["usage"]
+        choices = event.get("choices")
+        if choices:
+            if first_text is None and choices[0].get("text"):
+                first_text = len(events)
+            events.append(now)
     end = perf()
     if usage is None:
         raise WorkloadError("stream carried no usage block (stream_options.include_usage ignored?)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -118,6 +118,28 @@ class PromptMaker:
         return [self._rng.randrange(self.low, self.high) for _ in range(NONCE_TOKENS + context)]
 
 
+def sse_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[tuple[float, dict[str, Any]]]:
+    """POST a streaming /v1/completions; yield (perf_counter time of arrival, event) for every SSE data event.
+    Raises WorkloadError on an HTTP error, a malformed event, or a stream that ends without [DONE]."""
+    with http.stream("POST", "/v1/completions", json=body) as resp:
+        if resp.status_code != 200:
+            resp.read()
+            raise WorkloadError(f"POST /v1/completions answered HTTP {resp.status_code}: {resp.text[:300]!r}")
+        for line in resp.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            now = time.perf_counter()
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                return
+            try:
+                event = json.loads(payload)
+            except json.JSONDecodeError as exc:
+                raise WorkloadError(f"malformed SSE event from server: {payload[:120]!r}") from exc
+            yield now, event
+    raise WorkloadError("stream ended without [DONE] (truncated response)")
+
+
 class Client:
     """A small streaming client for /v1/completions; timing uses time.perf_counter around the socket reads."""
 
@@ -157,35 +179,15 @@ class Client:
         last: float | None = None
         chunks = 0
         start = time.perf_counter()
-        with self.http.stream("POST", "/v1/completions", json=body) as resp:
-            if resp.status_code != 200:
-                resp.read()
-                raise WorkloadError(
-                    f"POST /v1/completions answered HTTP {resp.status_code}: {resp.text[:300]!r}"
-                )
-            done = False
-            for line in resp.iter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    done = True
-                    break
-                try:
-                    event = json.loads(payload)
-                except json.JSONDecodeError as exc:
-                    raise WorkloadError(f"malformed SSE event from server: {payload[:120]!r}") from exc
-                if event.get("usage"):
-                    usage = event["usage"]
-                choices = event.get("choices") or []
-                # empty first chunks (role-only or "") are not the first token: anchors' TTFT pitfall
-                if choices and (choices[0].get("text") or choices[0].get("token_ids")):
-                    now = time.perf_counter()
-                    first = first if first is not None else now
-                    last = now
-                    chunks += 1
-            if not done:
-                raise WorkloadError("stream ended without [DONE] (truncated response)")
+        for now, event in sse_events(self.http, body):
+            if event.get("usage"):
+                usage = event["usage"]
+            choices = event.get("choices") or []
+            # empty first chunks (role-only or "") are not the first token: anchors' TTFT pitfall
+            if choices and (choices[0].get("text") or choices[0].get("token_ids")):
+                first = first if first is not None else now
+                last = now
+                chunks += 1
         end = time.perf_counter()
         if usage is None:
             raise WorkloadError("stream carried no usage block (stream_options.include_usage ignored?)")
