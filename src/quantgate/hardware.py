@@ -91,21 +91,22 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def _nvidia_smi() -> list[dict[str, str]]:
+def _nvidia_smi_rows(*args: str) -> list[list[str]]:
+    """nvidia-smi's CSV rows, split and stripped; none when there is no driver or it fails."""
     exe = shutil.which("nvidia-smi")
     if not exe:
         return []
-    fields = "name,compute_cap,driver_version"
     try:
-        out = subprocess.run(
-            [exe, f"--query-gpu={fields}", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
+        out = subprocess.run([exe, *args], capture_output=True, text=True, timeout=20, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return []
+    return [[p.strip() for p in line.split(",")] for line in out.strip().splitlines()]
+
+
+def _nvidia_smi() -> list[dict[str, str]]:
+    fields = "name,compute_cap,driver_version"
     gpus = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
+    for parts in _nvidia_smi_rows(f"--query-gpu={fields}", "--format=csv,noheader"):
         if len(parts) == 3:
             gpus.append(dict(zip(fields.split(","), parts, strict=True)))
     return gpus
@@ -114,19 +115,8 @@ def _nvidia_smi() -> list[dict[str, str]]:
 def gpu_memory_holders() -> list[tuple[int, int]]:
     """(pid, MiB) of processes holding GPU memory: a previous run's engine that outlived its session
     would make the next engine start out of memory, or measure on a shared GPU."""
-    exe = shutil.which("nvidia-smi")
-    if not exe:
-        return []
-    try:
-        out = subprocess.run(
-            [exe, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
     holders = []
-    for line in out.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
+    for parts in _nvidia_smi_rows("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"):
         if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
             holders.append((int(parts[0]), int(parts[1])))
     return holders

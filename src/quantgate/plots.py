@@ -30,6 +30,15 @@ class MeasurementLike(Protocol):
     def figures(self) -> dict[str, Figure]: ...
 
 
+def _save(plt: Any, fig: Any, path: str | Path) -> Path:
+    fig.tight_layout()
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=110)
+    plt.close(fig)
+    return target
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -95,12 +104,7 @@ def plot_decode_vs_context(measurements: Sequence[MeasurementLike], path: str | 
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(plt, fig, path)
 
 
 def acceptance_series(measurements: Sequence[MeasurementLike]) -> dict[str, tuple[list[float], float, float]]:
@@ -142,9 +146,4 @@ def plot_acceptance(measurements: Sequence[MeasurementLike], path: str | Path) -
     ax.set_title("speculative decoding: acceptance per position")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=110)
-    plt.close(fig)
-    return target
+    return _save(plt, fig, path)
