@@ -83,6 +83,13 @@ class FakeServer:
                     self._send(200, b"")
                 elif self.path == "/metrics":
                     self._send(200, server.metrics_text().encode(), "text/plain")
+                elif self.path == "/v1/models":  # behind the key, as vLLM's API routes are
+                    expected = os.environ.get("VLLM_API_KEY")
+                    if expected and self.headers.get("Authorization") != f"Bearer {expected}":
+                        self._send(401, b'{"error": "Unauthorized"}')
+                    else:
+                        self._send(200, json.dumps({"object": "list", "data": [
+                            {"id": server.model, "object": "model", "max_model_len": 4096}]}).encode())
                 else:
                     self._send(404, b"{}")
 

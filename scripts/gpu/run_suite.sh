@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Device side of the sm90 lane (the `run` tool's machine, after ../shared/gpu's kit staged vLLM there):
 #   bash scripts/gpu/run_suite.sh NAME [pytest args...]
+# QG_MATRIX (default fixtures/matrix/sm90.toml); QG_PRESTART=0 for -n N runs (engines lease their own GPUs).
 # carry: .stage/kit .whl (syrupy wheel) .gpu-models (cache/: quantized recipes built on the CPU host;
 # fp4/: scripts/gpu/build_fp4.py output). Runs the regression suite on fixtures/matrix/sm90.toml with all
 # engines prestarted, stops it with SIGINT before QG_BUDGET_S (pytest still writes its report), and
@@ -26,7 +27,8 @@ plug="-p quantgate.plugin"
 python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.plugin" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
 echo "setup done after $(( $(date +%s) - T0 )) s"
 timeout -s INT -k 40 "${QG_BUDGET_S:-520}" python3 -m pytest $plug tests/regression -m sm90 \
-  --qg-matrix fixtures/matrix/sm90.toml --qg-prestart --qg-start-timeout 420 \
+  --qg-matrix "${QG_MATRIX:-fixtures/matrix/sm90.toml}" $([ "${QG_PRESTART:-1}" = 1 ] && echo --qg-prestart) \
+  --qg-start-timeout 420 \
   --junitxml="$OUT/$name-junit.xml" "$@" 2>&1 | tee "$OUT/$name-pytest.log"
 rc=${PIPESTATUS[0]}
 tar czf "$OUT/$name-results.tgz" results baselines/sm90 /tmp/qgmodels/.logs 2>/dev/null

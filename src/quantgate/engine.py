@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from .launchers import AttachSpec, ContainerSpec, container_command, container_stop_command
 from .matrix import EngineConfig
 
 HOST = "127.0.0.1"  # never 0.0.0.0: an engine under test is nobody's public endpoint
@@ -44,24 +45,32 @@ class Engine:
     config: EngineConfig
     port: int
     api_key: str
-    log_path: Path
+    log_path: Path | None
     process: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     ready_after_s: float | None = None
+    gpus: tuple[str, ...] = ()  # leased GPUs (CUDA_VISIBLE_DEVICES), empty on CPU
+    stop_command: tuple[str, ...] = ()  # run after SIGTERM: removes a container
+    attached_url: str | None = None  # a server someone else started: never stopped by us
+    model_name: str | None = None
     _log_handle: object | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return self.attached_url or f"http://{HOST}:{self.port}"
 
     @property
     def served_model_name(self) -> str:
-        return self.config.id
+        return self.model_name or self.config.id
 
     def alive(self) -> bool:
+        if self.attached_url is not None:
+            return True  # not ours to watch: a dead server shows as failed requests
         return self.process is not None and self.process.poll() is None
 
     def log_text(self) -> str:
+        if self.log_path is None:
+            return ""
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
@@ -133,23 +142,33 @@ def engine_env(config: EngineConfig, api_key: str) -> dict[str, str]:
 
 def start(
     config: EngineConfig, models: ResolvedModels, log_path: Path, *,
-    port: int | None = None, python: str | None = None,
+    port: int | None = None, python: str | None = None, gpus: tuple[str, ...] = (),
+    container: ContainerSpec | None = None,
 ) -> Engine:
+    """Launch `vllm serve` for a config: a local process, or a container of `container`'s image.
+    `gpus` limits it to leased GPUs (quantgate.gpus)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     api_key = secrets.token_hex(16)
     cmd = serve_command(config, models, port, python)
     env = engine_env(config, api_key)
+    stop_cmd: tuple[str, ...] = ()
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    if container is not None:
+        cmd = container_command(container, config, models.model, models.draft, port, cmd[5:], gpus)
+        stop_cmd = tuple(container_stop_command(container, config, port))
     handle = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
     shown_env = " ".join(f"{k}={v}" for k, v in sorted(config.env.items()))
-    handle.write(f"# quantgate: {shown_env} {' '.join(cmd)}\n".encode())
+    shown_gpus = f"CUDA_VISIBLE_DEVICES={','.join(gpus)} " if gpus else ""
+    handle.write(f"# quantgate: {shown_gpus}{shown_env} {' '.join(cmd)}\n".encode())
     handle.flush()
     process = subprocess.Popen(
         cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         preexec_fn=_die_with_parent, close_fds=True,
     )
     engine = Engine(config=config, port=port, api_key=api_key, log_path=log_path, process=process,
-                    started_at=time.monotonic(), _log_handle=handle)
+                    started_at=time.monotonic(), gpus=gpus, stop_command=stop_cmd, _log_handle=handle)
     with _LIVE_LOCK:
         _LIVE[process.pid] = engine
     return engine
@@ -159,6 +178,8 @@ def wait_healthy(engine: Engine, timeout_s: float, poll_s: float = 0.5) -> float
     """Poll /health until 200; fail early if the process dies. Returns seconds from launch to healthy."""
     deadline = engine.started_at + timeout_s
     with httpx.Client(timeout=5.0) as client:
+        if engine.attached_url is not None:
+            return _check_attached(engine, client)
         while True:
             if not engine.alive():
                 code = engine.process.returncode if engine.process else None
@@ -194,7 +215,8 @@ def group_alive(pgid: int) -> bool:
 
 
 def stop(engine: Engine, grace_s: float = 20.0) -> None:
-    """SIGTERM the API server (it stops its engine core), then SIGKILL whatever is left of the group."""
+    """SIGTERM the API server (it stops its engine core), then SIGKILL whatever is left of the group.
+    A container is removed as well (the runtime's client forwards SIGTERM, but a hung one may not)."""
     proc = engine.process
     if proc is None:
         return
@@ -204,6 +226,9 @@ def stop(engine: Engine, grace_s: float = 20.0) -> None:
             proc.send_signal(signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace_s)
+    if engine.stop_command:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(list(engine.stop_command), capture_output=True, timeout=60, check=False)
     if group_alive(pgid):
         _signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + 5
@@ -219,6 +244,40 @@ def stop(engine: Engine, grace_s: float = 20.0) -> None:
             handle.close()  # type: ignore[attr-defined]
     with _LIVE_LOCK:
         _LIVE.pop(proc.pid, None)
+
+
+def attach(config: EngineConfig, spec: AttachSpec) -> Engine:
+    """An Engine for a server someone else runs (QUANTGATE_LAUNCHER=attach): measured, never started or
+    stopped; its key comes from QUANTGATE_ATTACH_API_KEY (or VLLM_API_KEY), its log from the spec."""
+    key = os.environ.get("QUANTGATE_ATTACH_API_KEY") or os.environ.get("VLLM_API_KEY") or ""
+    return Engine(config=config, port=0, api_key=key, log_path=spec.log_file, started_at=time.monotonic(),
+                  attached_url=spec.base_url, model_name=spec.model_name)
+
+
+def _check_attached(engine: Engine, client: httpx.Client) -> float:
+    """One /health and /v1/models check of an attached server; settles which model name to ask for."""
+    url = engine.base_url
+    headers = {"Authorization": f"Bearer {engine.api_key}"} if engine.api_key else {}
+    try:
+        health = client.get(f"{url}/health")
+        models = client.get(f"{url}/v1/models", headers=headers)
+    except httpx.HTTPError as exc:
+        raise EngineStartError(f"config {engine.config.id!r}: attached server {url} did not answer: {exc}") from None
+    if health.status_code != 200 or models.status_code != 200:
+        raise EngineStartError(
+            f"config {engine.config.id!r}: attached server {url} answered /health {health.status_code}, "
+            f"/v1/models {models.status_code}" + (" (set QUANTGATE_ATTACH_API_KEY)" if models.status_code == 401
+                                                   else ""))
+    names = [m.get("id") for m in models.json().get("data", [])]
+    if engine.model_name is None:
+        if len(names) != 1:
+            raise EngineStartError(f"config {engine.config.id!r}: attached server {url} serves {names}; "
+                                   f"name one with QUANTGATE_ATTACH_MODEL")
+        engine.model_name = names[0]
+    elif engine.model_name not in names:
+        raise EngineStartError(f"config {engine.config.id!r}: QUANTGATE_ATTACH_MODEL={engine.model_name!r} is "
+                               f"not served by {url} (it serves {names})")
+    return 0.0
 
 
 def stop_all() -> None:

@@ -112,13 +112,13 @@ def _nvidia_smi() -> list[dict[str, str]]:
     return gpus
 
 
-def gpu_memory_holders() -> list[tuple[int, int]]:
-    """(pid, MiB) of processes holding GPU memory: a previous run's engine that outlived its session
-    would make the next engine start out of memory, or measure on a shared GPU."""
+def gpu_memory_holders() -> list[tuple[int, int, str]]:
+    """(pid, MiB, GPU UUID) of processes holding GPU memory: a previous run's engine that outlived its
+    session would make the next engine start out of memory, or measure on a shared GPU."""
     holders = []
-    for parts in _nvidia_smi_rows("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"):
-        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-            holders.append((int(parts[0]), int(parts[1])))
+    for parts in _nvidia_smi_rows("--query-compute-apps=pid,used_memory,gpu_uuid", "--format=csv,noheader,nounits"):
+        if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit():
+            holders.append((int(parts[0]), int(parts[1]), parts[2]))
     return holders
 
 

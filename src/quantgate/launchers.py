@@ -10,7 +10,7 @@
 
 Selected per run with QUANTGATE_LAUNCHER=local|container|attach (default local), QUANTGATE_CONTAINER_IMAGE,
 QUANTGATE_CONTAINER_RUNTIME (podman, else docker), QUANTGATE_CONTAINER_ARGS (extra run flags).
-This module only builds commands and settings; quantgate.engine runs them.
+This module only builds commands and settings; quantgate.engine runs them and quantgate.session picks one.
 """
 
 from __future__ import annotations
@@ -87,8 +87,21 @@ def container_name(config: EngineConfig, port: int) -> str:
     return f"quantgate-{config.id}-{port}"
 
 
+def gpu_flags(runtime: str, gpus: tuple[str, ...] = ()) -> list[str]:
+    """Every GPU, or only the leased ones (quantgate.gpus) when engines share a host."""
+    if not gpus:
+        return list(GPU_FLAGS[runtime])
+    if runtime == "docker":
+        return ["--gpus", f'"device={",".join(gpus)}"']
+    flags: list[str] = []
+    for gpu in gpus:
+        flags += ["--device", f"nvidia.com/gpu={gpu}"]
+    return [*flags, "--security-opt=label=disable"]
+
+
 def container_command(
     spec: ContainerSpec, config: EngineConfig, model: str, draft: str | None, port: int, serve_argv: list[str],
+    gpus: tuple[str, ...] = (),
 ) -> list[str]:
     """`podman run ...` for one config. `serve_argv` is what follows `vllm serve MODEL` for a local engine
     (quantgate.engine.serve_command()[5:]); its --host/--port are replaced by the container's own."""
@@ -105,7 +118,7 @@ def container_command(
         env += ["-e", f"{key}={value}"]
     return [
         spec.runtime, "run", "--rm", "--name", container_name(config, port),
-        *GPU_FLAGS[spec.runtime], "--shm-size", spec.shm_size, "--ipc=host",
+        *gpu_flags(spec.runtime, gpus), "--shm-size", spec.shm_size, "--ipc=host",
         "-p", f"127.0.0.1:{port}:{CONTAINER_PORT}",  # the engine stays private to this host
         *mounts, *env, *spec.extra_args,
         spec.image, "vllm", "serve", str(Path(model).resolve()), *args,

@@ -6,9 +6,11 @@ Everything measurable lives in quantgate.session; this module only maps it onto 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import signal
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +18,14 @@ import httpx
 import pytest
 
 from . import engine as engine_mod
-from .baselines import BaselineError, Verdict
+from .baselines import BaselineError, Verdict, atomic_write
 from .hardware import GPU_IDS, MARKERS, Hardware, detect
 from .kernels import KernelRecord, diff_records
+from .launchers import LauncherError
+from .launchers import from_env as launcher_from_env
 from .matrix import EngineConfig, Matrix, MatrixError, load_matrices
 from .report import write_report
-from .session import Run, Settings, gated_figure_names
+from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
 STATE_KEY = pytest.StashKey["QuantgateState"]()
 
@@ -63,6 +67,9 @@ class QuantgateState:
         self.verdicts: list[Verdict] = []
         self.updated: list[Path] = []
         self.report_paths: list[Path] = []
+        # pytest-xdist workers share the controller's run id, hence one results folder and one report
+        workerinput = getattr(config, "workerinput", None)
+        self.run_id: str = (workerinput or {}).get("quantgate_run_id") or new_run_id()
 
     @property
     def update(self) -> bool:
@@ -98,6 +105,7 @@ class QuantgateState:
                 baselines_dir=self._path("qg_baselines", "quantgate_baselines"),
                 extra_serve_args=tuple(self.config.getoption("qg_serve_arg")),
                 extra_serve_args_for=tuple(self.config.getoption("qg_only")),
+                launcher=launcher_from_env(),
             )
             if self.config.getoption("qg_start_timeout"):
                 settings.start_timeout_s = float(self.config.getoption("qg_start_timeout"))
@@ -107,7 +115,7 @@ class QuantgateState:
                 if tr is not None:
                     tr.write_line(msg)
 
-            self._run = Run(matrices, detect(), settings, log=log)
+            self._run = Run(matrices, detect(), settings, run_id=self.run_id, log=log)
         return self._run
 
     @property
@@ -131,6 +139,56 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.update_snapshots = True  # one flag refreshes figures and kernel snapshots alike
     if not hasattr(config, "workerinput"):
         _install_sigterm()
+    if _xdist_workers(config) and config.getoption("qg_prestart", False):
+        raise pytest.UsageError("quantgate: --qg-prestart starts every engine in one process on shared GPUs; "
+                                "with -n each worker leases its own GPUs instead: drop one of the two")
+
+
+def _xdist_workers(config: pytest.Config) -> int:
+    """Workers pytest-xdist will start (0 without -n); on a worker itself, 0."""
+    if hasattr(config, "workerinput"):
+        return 0
+    n = getattr(config.option, "numprocesses", None)
+    return n if isinstance(n, int) else 0
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: every worker gets the controller's run id."""
+    node.workerinput["quantgate_run_id"] = _state(node.config).run_id
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist: send all of a config's tests (and, on a relative gate, its reference's) to one worker,
+    so each engine starts once. Our own scope rule rather than --dist loadgroup, whose node-id tagging does
+    nothing under pytest 9.2 (xdist 3.8 sets item._nodeid, which pytest no longer reads)."""
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or state._run is None or config.getoption("dist", "no") not in _SPREAD_MODES:
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    run = state.run
+    by_length = sorted((c.id for c in run.configs()), key=len, reverse=True)
+
+    class ConfigScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(run, by_length, nodeid)
+
+    return ConfigScheduling(config, log)
+
+
+_SPREAD_MODES = ("load", "loadgroup", "loadscope", "loadfile", "worksteal")
+
+
+def xdist_scope(run: Run, config_ids: list[str], nodeid: str) -> str:
+    """The scheduling unit of a test: its config's reference (or the config), found in the parameter id
+    (`test_figure[<config>-<figure>]`); any other test is its own unit."""
+    param = nodeid[nodeid.find("[") + 1:-1] if nodeid.endswith("]") and "[" in nodeid else ""
+    for cid in config_ids:  # longest first: "w4a16-eagle3" before "w4a16"
+        if param == cid or param.startswith(cid + "-"):
+            return "quantgate:" + (run.reference_of(cid) or cid)
+    return nodeid
 
 
 def _install_sigterm() -> None:
@@ -149,12 +207,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         state.run  # noqa: B018
-    except MatrixError as exc:
+    except (MatrixError, LauncherError) as exc:
         raise pytest.UsageError(f"quantgate: {exc}") from None
 
 
-def _config_marks(cfg: EngineConfig, hardware: Hardware) -> list[Any]:
-    marks: list[Any] = [pytest.mark.quantgate, pytest.mark.xdist_group(cfg.id)]
+def _config_marks(cfg: EngineConfig, hardware: Hardware, group: str) -> list[Any]:
+    marks: list[Any] = [pytest.mark.quantgate, pytest.mark.xdist_group(group)]
     marks += [getattr(pytest.mark, "cpu" if h == "cpu" or h.startswith("cpu-") else h) for h in cfg.hardware]
     if not cfg.applies_to(hardware.id):
         marks.append(pytest.mark.skip(
@@ -174,7 +232,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for cfg in run.configs():
         matrix = run.matrix_of(cfg.id)
-        marks = _config_marks(cfg, run.hardware)
+        # ratios need the reference measured in the same process: a relative matrix shares one xdist group
+        marks = _config_marks(cfg, run.hardware, run.reference_of(cfg.id) or cfg.id)
         if "qg_figure" in metafunc.fixturenames:
             for name in gated_figure_names(cfg, matrix):
                 params.append(pytest.param(cfg.id, name, id=f"{cfg.id}-{name}", marks=marks))
@@ -282,16 +341,43 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         engine_mod.stop_all()
         return
     run = state.run
+    worker = getattr(session.config, "workerinput", {}).get("workerid")
     try:
         if state.update:
             for cid in list(state.ran_figures):
                 _finish_config(state, cid)
-        measured = [s.measurement for s in run._slots.values() if s.measurement is not None]
+        if worker is not None:
+            _save_worker_part(run, state, worker)  # the controller writes the one report
+            return
+        if _xdist_workers(session.config):
+            measured = run.saved_measurements()
+            _load_worker_parts(run, state)
+        else:
+            measured = [s.measurement for s in run._slots.values() if s.measurement is not None]
         if measured:
             state.report_paths = write_report(run, measured, state.verdicts)
     finally:
         run.close()
         engine_mod.stop_all()
+
+
+def _save_worker_part(run: Run, state: QuantgateState, worker: str) -> None:
+    if not state.verdicts and not state.updated:
+        return
+    folder = run.results / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"verdicts": [asdict(v) for v in state.verdicts], "updated": [str(p) for p in state.updated]}
+    atomic_write(folder / f"{worker}.json", json.dumps(body, default=str))
+
+
+def _load_worker_parts(run: Run, state: QuantgateState) -> None:
+    for part in sorted((run.results / "workers").glob("*.json")):
+        body = json.loads(part.read_text(encoding="utf-8"))
+        for v in body.get("verdicts", []):
+            v["kernel_diff"] = tuple(v.get("kernel_diff") or ())
+            v["interval"] = tuple(v["interval"]) if v.get("interval") else None
+            state.verdicts.append(Verdict(**v))
+        state.updated += [Path(p) for p in body.get("updated", [])]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -393,7 +479,10 @@ def qg_kernels(request: pytest.FixtureRequest) -> Any:
     def kernels(config_id: str) -> dict[str, Any]:
         state.ran_figures[config_id]  # touched: --update-baselines records this config's figures too
         with _failures_as_messages(state.run, config_id):
-            return state.run.kernel_record(config_id)
+            try:
+                return state.run.kernel_record(config_id)
+            except KernelLogUnavailable as exc:
+                pytest.skip(str(exc))
 
     return kernels
 

@@ -20,7 +20,9 @@ from . import hardware as hardware_mod
 from . import kernels as kernels_mod
 from . import models as models_mod
 from .baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
+from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
 from .hardware import Hardware
+from .launchers import LauncherSettings, attach_kernel_log
 from .matrix import EngineConfig, Matrix
 from .stats import Figure
 from .workload import Client, WorkloadResult, figures_from, grid, run_grid
@@ -35,7 +37,7 @@ class Measurement:
     kernels: dict[str, Any]
     workload: WorkloadResult
     engine_ready_s: float | None
-    log_path: Path
+    log_path: Path | None
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Settings:
     extra_serve_args: tuple[str, ...] = ()  # applied to every config: --qg-serve-arg=--enforce-eager
     extra_serve_args_for: tuple[str, ...] = ()  # config ids the extra args apply to (empty: all)
     python: str | None = None  # interpreter with vLLM; default: ours
+    launcher: LauncherSettings = field(default_factory=LauncherSettings)  # local, container or attach
+    gpu_leases: bool = True  # on GPUs: each engine takes its GPUs from the host-wide pool (quantgate.gpus)
 
 
 def new_run_id() -> str:
@@ -58,6 +62,11 @@ class _Slot:
     engine: engine_mod.Engine | None = None
     error: BaseException | None = None
     measurement: Measurement | None = None
+    lease: Lease | None = None
+
+
+class KernelLogUnavailable(RuntimeError):
+    """No engine log to read kernel selection from (an attached server without QUANTGATE_ATTACH_LOG)."""
 
 
 @dataclass
@@ -68,10 +77,23 @@ class Run:
     run_id: str = field(default_factory=new_run_id)
     log: Callable[[str], None] = print
     _slots: dict[str, _Slot] = field(default_factory=dict)
+    _gpu_pool: GpuPool | None = None
+    _attached: str | None = None  # the one config measured on an attached server
 
     def __post_init__(self) -> None:
         self.results = self.settings.results_dir / self.run_id
         self.store = BaselineStore(self.settings.baselines_dir)
+
+    def gpu_pool(self) -> GpuPool | None:
+        """The host's GPU pool, when engines here run on GPUs we start (not attached, not on CPU)."""
+        if not (self.hardware.is_gpu and self.settings.gpu_leases) or self.settings.launcher.kind == "attach":
+            return None
+        if self._gpu_pool is None:
+            gpus = tuple(visible_gpus())
+            if not gpus:  # a GPU id forced by QUANTGATE_HARDWARE where nvidia-smi sees none: nothing to share
+                return None
+            self._gpu_pool = GpuPool(gpus, default_lock_dir())
+        return self._gpu_pool
 
     # --- configs -------------------------------------------------------------------------------
     def matrix_of(self, config_id: str) -> Matrix:
@@ -129,12 +151,25 @@ class Run:
             return slot.engine
         cfg = self.config(config_id)
         try:
+            if self.settings.launcher.attach is not None:
+                slot.engine = self._attach(cfg)
+                return slot.engine
             models = self.resolve_models(cfg)
-            self._check_gpu_free(config_id)
+            pool = self.gpu_pool()
+            if pool is not None:
+                try:
+                    slot.lease = pool.acquire(gpus_needed(cfg.serve_args), f"config {config_id!r} "
+                                              f"(pid {os.getpid()})", timeout_s=self.settings.start_timeout_s)
+                except GpuLeaseError as exc:
+                    raise engine_mod.EngineStartError(f"{cfg.source}: {exc}") from None
+            gpus = slot.lease.gpus if slot.lease else ()
+            self._check_gpu_free(config_id, gpus)
             log_path = self.results / config_id / "engine.log"
-            self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label})")
+            on = f" on GPU {','.join(gpus)}" if gpus else ""
+            self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}){on}")
             for attempt in (1, 2):
-                eng = engine_mod.start(cfg, models, log_path, python=self.settings.python)
+                eng = engine_mod.start(cfg, models, log_path, python=self.settings.python, gpus=gpus,
+                                       container=self.settings.launcher.container)
                 slot.engine = eng
                 try:
                     ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
@@ -150,11 +185,33 @@ class Run:
         except BaseException as exc:
             if slot.engine is not None:
                 engine_mod.stop(slot.engine)
+            self._give_back(slot)
             slot.error = exc if isinstance(exc, Exception) else engine_mod.EngineError(str(exc))
             raise
         return eng
 
-    def _check_gpu_free(self, config_id: str) -> None:
+    def _attach(self, cfg: EngineConfig) -> engine_mod.Engine:
+        spec = self.settings.launcher.attach
+        assert spec is not None
+        if self._attached not in (None, cfg.id):
+            # one URL is one server: measuring it under a second config's name would file wrong figures
+            raise engine_mod.EngineStartError(
+                f"config {cfg.id!r}: QUANTGATE_LAUNCHER=attach measures one server, already used as config "
+                f"{self._attached!r}; select one config (pytest -k / quantgate run --qg-config)")
+        self._attached = cfg.id
+        eng = engine_mod.attach(cfg, spec)
+        engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
+        self.log(f"quantgate: attached config {cfg.id!r} to {eng.base_url} (model {eng.served_model_name!r})")
+        return eng
+
+    def _give_back(self, slot: _Slot) -> None:
+        if slot.lease is not None:
+            slot.lease.release()
+            slot.lease = None
+
+    def _check_gpu_free(self, config_id: str, gpus: tuple[str, ...] = ()) -> None:
+        """Refuse to start on a GPU whose memory another process holds (with leases: only the leased GPUs,
+        since other workers' engines legitimately hold the rest)."""
         if not self.hardware.is_gpu or os.environ.get("QUANTGATE_ALLOW_BUSY_GPU") == "1":
             return
         # vLLM's GPU memory is held by the engine-core child, not the API server we started: compare groups
@@ -166,7 +223,10 @@ class Run:
             except OSError:
                 return None  # another container's pid, or gone
 
-        others = [(pid, mib) for pid, mib in hardware_mod.gpu_memory_holders() if group(pid) not in ours]
+        uuids = gpu_uuids() if gpus else {}
+        wanted = {uuids.get(g, g) for g in gpus}
+        others = [(pid, mib) for pid, mib, gpu in hardware_mod.gpu_memory_holders()
+                  if group(pid) not in ours and (not wanted or gpu in wanted)]
         if others:
             held = ", ".join(f"pid {pid} ({mib} MiB)" for pid, mib in others)
             raise engine_mod.EngineStartError(
@@ -178,6 +238,8 @@ class Run:
         that measurements later run one at a time while the other engines sit idle. On one GPU with room
         for every engine (the matrix sets --gpu-memory-utilization / --kv-cache-memory-bytes) this turns N
         serial starts into one. A failed start is remembered and re-raised by engine(), as usual."""
+        if self.settings.launcher.attach is not None:
+            return  # nothing to start
         pending: list[tuple[str, engine_mod.Engine]] = []
         for config_id in config_ids:
             slot = self._slots.setdefault(config_id, _Slot())
@@ -188,8 +250,10 @@ class Run:
                 models = self.resolve_models(cfg)
                 self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}) "
                          f"[prestart]")
+                # no GPU leases here: prestarted engines share the GPU(s) on purpose
                 slot.engine = engine_mod.start(cfg, models, self.results / config_id / "engine.log",
-                                               python=self.settings.python)
+                                               python=self.settings.python,
+                                               container=self.settings.launcher.container)
                 pending.append((config_id, slot.engine))
             except Exception as exc:
                 slot.error = exc
@@ -207,9 +271,12 @@ class Run:
     def release(self, config_id: str) -> None:
         slot = self._slots.get(config_id)
         if slot and slot.engine is not None:
+            attached = slot.engine.attached_url is not None
             engine_mod.stop(slot.engine)
             slot.engine = None
-            self.log(f"quantgate: stopped engine {config_id!r}")
+            self._give_back(slot)
+            if not attached:
+                self.log(f"quantgate: stopped engine {config_id!r}")
 
     def close(self) -> None:
         for config_id in list(self._slots):
@@ -217,7 +284,14 @@ class Run:
 
     # --- measurement ---------------------------------------------------------------------------
     def kernel_record(self, config_id: str) -> dict[str, Any]:
-        return kernel_snapshot_dict(self.engine(config_id).log_text())
+        eng = self.engine(config_id)
+        attach = self.settings.launcher.attach
+        if attach is not None:
+            text, why = attach_kernel_log(attach)
+            if text is None:
+                raise KernelLogUnavailable(why)
+            return kernel_snapshot_dict(text)
+        return kernel_snapshot_dict(eng.log_text())
 
     def measurement(self, config_id: str) -> Measurement:
         slot = self._slots.setdefault(config_id, _Slot())
@@ -313,6 +387,28 @@ class Run:
             ))
         return out
 
+    def saved_measurements(self) -> list[Measurement]:
+        """Measurements other processes of this run saved (pytest-xdist workers share the run folder), read
+        back from their figures.json for the controller's report. Raw requests are not reloaded."""
+        out = []
+        for cfg in self.configs():
+            path = self.results / cfg.id / "figures.json"
+            try:
+                body = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
+            figures = {
+                name: Figure(name, f["unit"], bool(f["higher_is_better"]), tuple(f.get("samples", ())),
+                             f.get("source", "server"), bool(f.get("gated", True)), f.get("note", ""),
+                             f.get("extra", {}))
+                for name, f in body.get("figures", {}).items()
+            }
+            workload = WorkloadResult(warmup_requests=int(body.get("warmup_requests") or 0),
+                                      prefix_cache_hit_rate=body.get("prefix_cache_hit_rate"))
+            out.append(Measurement(cfg, figures, body.get("kernels") or {}, workload, body.get("engine_ready_s"),
+                                   path.parent / "engine.log"))
+        return out
+
     def _save_raw(self, m: Measurement, seconds: float) -> None:
         folder = self.results / m.config.id
         folder.mkdir(parents=True, exist_ok=True)
@@ -320,6 +416,7 @@ class Run:
             "config": m.config.id, "hardware": self.hardware.id, "run_id": self.run_id,
             "engine_ready_s": m.engine_ready_s, "workload_s": seconds,
             "prefix_cache_hit_rate": m.workload.prefix_cache_hit_rate,
+            "warmup_requests": m.workload.warmup_requests,
             "figures": {k: {**v.summary(), **({"extra": v.extra} if v.extra else {})}
                         for k, v in sorted(m.figures.items())},
             "kernels": m.kernels,

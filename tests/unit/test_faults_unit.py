@@ -141,7 +141,7 @@ def test_gpu_memory_held_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     (model / "config.json").write_text("{}")
     run = _run(tmp_path, f'[[config]]\nid = "g"\nmodel = "{model}"\nhardware = ["sm90"]\n')
     run.hardware = hardware_mod.Hardware(id="sm90", name="H100")
-    monkeypatch.setattr(hardware_mod, "gpu_memory_holders", lambda: [(424242, 70000)])
+    monkeypatch.setattr(hardware_mod, "gpu_memory_holders", lambda: [(424242, 70000, "GPU-x")])
     with pytest.raises(engine_mod.EngineStartError, match=r"GPU memory is still held by pid 424242 \(70000 MiB\)"):
         run.engine("g")
 
