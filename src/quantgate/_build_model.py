@@ -31,6 +31,8 @@ QWEN_SPLIT = (
     r"|\s+(?!\S)|\s+"
 )
 INIT_STD = 0.02  # transformers' default initializer_range
+CONV_KERNEL = 4  # Qwen3-Next's linear_conv_kernel_dim
+PARTIAL_ROTARY = 0.25  # Qwen3-Next rotates a quarter of each attention head
 
 
 # --- tokenizer ------------------------------------------------------------------------------------
@@ -190,8 +192,7 @@ def _random_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, An
 def _qwen3_layout(r: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of the classic Hugging Face Qwen3 / Qwen3-MoE checkpoint (per-expert MoE
     weights), which vLLM loads and transformers 5 converts on load."""
-    h, hd = r["hidden_size"], r["head_dim"]
-    q, kv = r["num_attention_heads"] * hd, r["num_key_value_heads"] * hd
+    h = r["hidden_size"]
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (r["vocab_size"], h), "model.norm.weight": (h,),
     }
@@ -199,24 +200,102 @@ def _qwen3_layout(r: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         shapes["lm_head.weight"] = (r["vocab_size"], h)
     for i in range(r["num_hidden_layers"]):
         p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-            p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,),
-        })
+        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+        shapes.update(_attention_layout(p, r, r["num_attention_heads"] * r["head_dim"]))
         if r["architecture"] == "qwen3_moe":
-            inter = r["moe_intermediate_size"]
-            shapes[p + "mlp.gate.weight"] = (r["num_experts"], h)  # the router
-            for e in range(r["num_experts"]):
-                x = f"{p}mlp.experts.{e}."
-                shapes.update({x + "gate_proj.weight": (inter, h), x + "up_proj.weight": (inter, h),
-                               x + "down_proj.weight": (h, inter)})
+            shapes.update(_experts_layout(p, r))
         else:
             inter = r["intermediate_size"]
             shapes.update({p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
                            p + "mlp.down_proj.weight": (h, inter)})
     return shapes
+
+
+def _attention_layout(p: str, r: dict[str, Any], q_out: int) -> dict[str, tuple[int, ...]]:
+    """q/k/v/o projections and the per-head q/k norms of one Qwen3 (or Qwen3-Next full attention) layer."""
+    h, hd = r["hidden_size"], r["head_dim"]
+    q, kv = r["num_attention_heads"] * hd, r["num_key_value_heads"] * hd
+    return {
+        p + "self_attn.q_proj.weight": (q_out, h), p + "self_attn.k_proj.weight": (kv, h),
+        p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
+        p + "self_attn.q_norm.weight": (hd,), p + "self_attn.k_norm.weight": (hd,),
+    }
+
+
+def _experts_layout(p: str, r: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """A MoE block in the per-expert layout (router `mlp.gate`, `mlp.experts.<e>.*`)."""
+    h, inter = r["hidden_size"], r["moe_intermediate_size"]
+    shapes: dict[str, tuple[int, ...]] = {p + "mlp.gate.weight": (r["num_experts"], h)}
+    for e in range(r["num_experts"]):
+        x = f"{p}mlp.experts.{e}."
+        shapes.update({x + "gate_proj.weight": (inter, h), x + "up_proj.weight": (inter, h),
+                       x + "down_proj.weight": (h, inter)})
+    return shapes
+
+
+def _qwen3_next_layer_types(r: dict[str, Any]) -> list[str]:
+    every = r["full_attention_interval"]
+    return ["full_attention" if (i + 1) % every == 0 else "linear_attention" for i in range(r["num_hidden_layers"])]
+
+
+def _qwen3_next_layer(p: str, r: dict[str, Any], layer_type: str) -> dict[str, tuple[int, ...]]:
+    """One Qwen3-Next decoder layer as the Hugging Face checkpoint stores it (and vLLM's qwen3_next.py loads
+    it): gated full attention (q_proj also emits the output gate) or a gated delta net with fused, GQA-
+    interleaved in_proj_qkvz / in_proj_ba; then MoE with a sigmoid-gated shared expert."""
+    h = r["hidden_size"]
+    shapes: dict[str, tuple[int, ...]] = {p + "input_layernorm.weight": (h,),
+                                          p + "post_attention_layernorm.weight": (h,)}
+    if layer_type == "full_attention":
+        shapes.update(_attention_layout(p, r, 2 * r["num_attention_heads"] * r["head_dim"]))
+    else:
+        hd, nk, nv = r["linear_head_dim"], r["linear_num_key_heads"], r["linear_num_value_heads"]
+        key_dim, value_dim = nk * hd, nv * hd
+        a = p + "linear_attn."
+        shapes.update({
+            a + "in_proj_qkvz.weight": (2 * key_dim + 2 * value_dim, h), a + "in_proj_ba.weight": (2 * nv, h),
+            a + "conv1d.weight": (2 * key_dim + value_dim, 1, CONV_KERNEL), a + "dt_bias": (nv,),
+            a + "A_log": (nv,), a + "norm.weight": (hd,), a + "out_proj.weight": (h, value_dim),
+        })
+    shapes.update(_experts_layout(p, r))
+    shared = r["shared_expert_intermediate_size"]
+    x = p + "mlp.shared_expert."
+    shapes.update({x + "gate_proj.weight": (shared, h), x + "up_proj.weight": (shared, h),
+                   x + "down_proj.weight": (h, shared), p + "mlp.shared_expert_gate.weight": (1, h)})
+    return shapes
+
+
+def _qwen3_next_layout(r: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Qwen3-Next-80B-A3B's checkpoint layout, MTP layers (`mtp.*`) included: each MTP layer is a full attention
+    decoder layer fed fc([norm(embedding), norm(hidden)])."""
+    h = r["hidden_size"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (r["vocab_size"], h), "model.norm.weight": (h,),
+        "lm_head.weight": (r["vocab_size"], h),
+    }
+    for i, kind in enumerate(_qwen3_next_layer_types(r)):
+        shapes.update(_qwen3_next_layer(f"model.layers.{i}.", r, kind))
+    if r["mtp_layers"]:
+        shapes.update({"mtp.fc.weight": (h, 2 * h), "mtp.norm.weight": (h,),
+                       "mtp.pre_fc_norm_hidden.weight": (h,), "mtp.pre_fc_norm_embedding.weight": (h,)})
+        for j in range(r["mtp_layers"]):
+            shapes.update(_qwen3_next_layer(f"mtp.layers.{j}.", r, "full_attention"))
+    return shapes
+
+
+def _qwen3_next_state(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, Any]:
+    """Random weights initialized as transformers' Qwen3-Next does: its RMSNorms scale by (1 + weight), so they
+    start at 0, except the delta net's gated norm (plain weight, 1); A_log = log(U(1, 16)); dt_bias = 1."""
+    import torch
+
+    state = _random_state(shapes, seed)
+    for name, shape in shapes.items():
+        if len(shape) == 1 and "norm" in name and not name.endswith("linear_attn.norm.weight"):
+            state[name] = torch.zeros(shapes[name], dtype=torch.bfloat16)
+        elif name.endswith("A_log"):
+            gen = torch.Generator().manual_seed(_tensor_seed(seed, name))
+            a = torch.rand(shapes[name], generator=gen, dtype=torch.float32) * 15 + 1
+            state[name] = torch.log(a).to(torch.bfloat16)
+    return state
 
 
 def _common_config(r: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
@@ -254,6 +333,26 @@ def build_qwen3(job: dict[str, Any]) -> dict[str, Any]:
         config.update({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
                        "layer_types": ["full_attention"] * r["num_hidden_layers"]})
     return _save(out, _random_state(_qwen3_layout(r), r["seed"]), config)
+
+
+def build_qwen3_next(job: dict[str, Any]) -> dict[str, Any]:
+    """Qwen3NextForCausalLM (config keys as in Qwen3-Next-80B-A3B's config.json) with its MTP layers."""
+    r, out = job["recipe"], Path(job["out"])
+    config = _common_config(r, job)
+    config["rope_parameters"]["partial_rotary_factor"] = PARTIAL_ROTARY
+    config.update({
+        "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next", "partial_rotary_factor":
+        PARTIAL_ROTARY, "layer_types": _qwen3_next_layer_types(r),
+        "full_attention_interval": r["full_attention_interval"], "linear_conv_kernel_dim": CONV_KERNEL,
+        "linear_key_head_dim": r["linear_head_dim"], "linear_value_head_dim": r["linear_head_dim"],
+        "linear_num_key_heads": r["linear_num_key_heads"], "linear_num_value_heads": r["linear_num_value_heads"],
+        "decoder_sparse_step": 1, "mlp_only_layers": [], "moe_intermediate_size": r["moe_intermediate_size"],
+        "shared_expert_intermediate_size": r["shared_expert_intermediate_size"], "norm_topk_prob": True,
+        "num_experts": r["num_experts"], "num_experts_per_tok": r["num_experts_per_tok"],
+        "output_router_logits": False, "router_aux_loss_coef": 0.001, "use_sliding_window": False,
+        "num_nextn_predict_layers": r["mtp_layers"],
+    })
+    return _save(out, _qwen3_next_state(_qwen3_next_layout(r), r["seed"]), config)
 
 
 def build_eagle3(job: dict[str, Any]) -> dict[str, Any]:
@@ -439,7 +538,8 @@ def build_model(job: dict[str, Any]) -> dict[str, Any]:
     if job["recipe"].get("train"):
         result = build_trained(job)
     else:
-        result = build_eagle3(job) if job["recipe"]["architecture"] == "eagle3" else build_qwen3(job)
+        builders = {"eagle3": build_eagle3, "qwen3_next": build_qwen3_next}
+        result = builders.get(job["recipe"]["architecture"], build_qwen3)(job)
     result["versions"] = {"torch": torch.__version__, "safetensors": safetensors.__version__}
     return result
 

@@ -44,7 +44,8 @@ except ImportError:  # pragma: no cover - not POSIX: rely on the rename race alo
 BUILDER_VERSION = 1  # bump when the builders change what they write: every digest (and cache folder) changes
 TOKENIZER_VERSION = 1
 
-ARCHITECTURES = ("qwen3", "qwen3_moe", "eagle3")
+ARCHITECTURES = ("qwen3", "qwen3_moe", "qwen3_next", "eagle3")
+MOE_ARCHITECTURES = ("qwen3_moe", "qwen3_next")  # vLLM's Qwen3-Next needs MoE layers (set_moe_parameters)
 QUANTIZATIONS = ("w4a16", "w8a8", "fp8-dynamic")  # None means bf16
 # llmcompressor presets, all data-free (W8A8: int8 per-channel weights, dynamic per-token activations).
 QUANT_SCHEMES = {"w4a16": "W4A16", "w8a8": "W8A8", "fp8-dynamic": "FP8_DYNAMIC"}
@@ -83,7 +84,7 @@ class ModelRecipe:
     """A deterministic model: the same recipe gives the same bytes."""
 
     name: str
-    architecture: str  # "qwen3" | "qwen3_moe" | "eagle3"
+    architecture: str  # "qwen3" | "qwen3_moe" | "qwen3_next" | "eagle3"
     quantization: str | None = None  # None (bf16) | "w4a16" | "w8a8" | "fp8-dynamic"
     seed: int = 42
     hidden_size: int = 256
@@ -97,9 +98,18 @@ class ModelRecipe:
     tie_word_embeddings: bool = True
     rope_theta: float = 1_000_000.0
     rms_norm_eps: float = 1e-6
-    num_experts: int = 0  # qwen3_moe only
+    num_experts: int = 0  # qwen3_moe and qwen3_next only
     num_experts_per_tok: int = 0
     moe_intermediate_size: int = 0
+    # qwen3_next only: a shared expert per MoE layer, gated-delta-net (linear attention) layers with a full
+    # attention layer every `full_attention_interval` layers, and `mtp_layers` multi-token-prediction layers
+    # (the `mtp.*` tensors vLLM's method "mtp" drafts with)
+    shared_expert_intermediate_size: int = 0
+    full_attention_interval: int = 0
+    linear_num_key_heads: int = 0
+    linear_num_value_heads: int = 0
+    linear_head_dim: int = 0
+    mtp_layers: int = 0
     eagle_target: str | None = None  # eagle3 only: the base recipe whose hidden states the draft reads
     eagle_aux_hidden_state_layer_ids: tuple[int, ...] = ()
     train: str | None = None  # a TRAIN_TASKS id: weights trained on that task's generated text, not random
@@ -125,13 +135,23 @@ class ModelRecipe:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["eagle_aux_hidden_state_layer_ids"] = list(self.eagle_aux_hidden_state_layer_ids)
-        if d["train"] is None:  # added after the first recipes: left out so their digests stay the same
-            del d["train"]
+        for key, unset in _LATE_FIELDS.items():  # left out when unset: earlier recipes keep their digests
+            if d[key] == unset:
+                del d[key]
         return d
 
     def digest(self) -> str:
         payload = {"builder": BUILDER_VERSION, "tokenizer": TOKENIZER_VERSION, "recipe": self.to_dict()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# Fields added after the first recipes were published, with their unset value.
+_LATE_FIELDS: dict[str, object] = {
+    "train": None, "shared_expert_intermediate_size": 0, "full_attention_interval": 0,
+    "linear_num_key_heads": 0, "linear_num_value_heads": 0, "linear_head_dim": 0, "mtp_layers": 0,
+}
+_NEXT_KEYS = ("shared_expert_intermediate_size", "full_attention_interval", "linear_num_key_heads",
+              "linear_num_value_heads", "linear_head_dim", "mtp_layers")
 
 
 @dataclass(frozen=True)
@@ -157,7 +177,7 @@ _SPEC_TYPES: dict[str, type] = {
     "num_key_value_heads": int, "head_dim": int, "intermediate_size": int, "vocab_size": int,
     "max_position_embeddings": int, "tie_word_embeddings": bool, "rope_theta": float, "rms_norm_eps": float,
     "num_experts": int, "num_experts_per_tok": int, "moe_intermediate_size": int,
-    "eagle_aux_hidden_state_layer_ids": tuple,
+    "eagle_aux_hidden_state_layer_ids": tuple, **{key: int for key in _NEXT_KEYS},
 }
 _POSITIVE = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -209,7 +229,7 @@ def _validate(r: ModelRecipe) -> None:
             bad(f"train={r.train!r}: only dense qwen3 recipes can be trained")
 
     moe_keys = ("num_experts", "num_experts_per_tok", "moe_intermediate_size")
-    if r.architecture == "qwen3_moe":
+    if r.architecture in MOE_ARCHITECTURES:
         if not _is_int(r.num_experts) or r.num_experts < 2:
             bad(f"num_experts={r.num_experts!r} must be an integer >= 2")
         if not _is_int(r.num_experts_per_tok) or not 1 <= r.num_experts_per_tok <= r.num_experts:
@@ -222,7 +242,13 @@ def _validate(r: ModelRecipe) -> None:
     else:
         for key in moe_keys:
             if getattr(r, key) != 0:
-                bad(f"{key}={getattr(r, key)!r} only applies to qwen3_moe recipes")
+                bad(f"{key}={getattr(r, key)!r} only applies to {' and '.join(MOE_ARCHITECTURES)} recipes")
+    if r.architecture == "qwen3_next":
+        _validate_next(r, bad)
+    else:
+        for key in _NEXT_KEYS:
+            if getattr(r, key) != 0:
+                bad(f"{key}={getattr(r, key)!r} only applies to qwen3_next recipes")
 
     if r.architecture == "eagle3":
         if not isinstance(r.eagle_target, str) or not r.eagle_target:
@@ -236,6 +262,25 @@ def _validate(r: ModelRecipe) -> None:
             bad(f"quantization {r.quantization!r}: eagle3 drafts are built in bf16 only")
     elif r.eagle_target is not None or r.eagle_aux_hidden_state_layer_ids:
         bad("eagle_target and eagle_aux_hidden_state_layer_ids only apply to eagle3 recipes")
+
+
+def _validate_next(r: ModelRecipe, bad: Callable[[str], None]) -> None:
+    for key in ("shared_expert_intermediate_size", "full_attention_interval", "linear_num_key_heads",
+                "linear_num_value_heads", "linear_head_dim"):
+        value = getattr(r, key)
+        if not _is_int(value) or value <= 0:
+            bad(f"{key}={value!r} must be a positive integer")
+    if not _is_int(r.mtp_layers) or r.mtp_layers < 0:
+        bad(f"mtp_layers={r.mtp_layers!r} must be an integer >= 0")
+    if r.full_attention_interval > r.num_hidden_layers:
+        bad(f"full_attention_interval={r.full_attention_interval} leaves no full attention layer in "
+            f"{r.num_hidden_layers} layers")
+    if r.linear_num_value_heads % r.linear_num_key_heads:
+        bad(f"linear_num_value_heads={r.linear_num_value_heads} must be a multiple of "
+            f"linear_num_key_heads={r.linear_num_key_heads}")
+    if r.quantization is not None:
+        bad(f"quantization {r.quantization!r}: qwen3_next recipes are built in bf16 only "
+            f"(quantize online with serve_args such as --quantization fp8)")
 
 
 def _is_int(value: object) -> bool:
@@ -277,6 +322,16 @@ RECIPES: dict[str, ModelRecipe] = {
     "qwen3-moe": dataclasses.replace(
         _DENSE, name="qwen3-moe", architecture="qwen3_moe", num_experts=8, num_experts_per_tok=2,
         moe_intermediate_size=256,
+    ),
+    # Qwen3-Next-80B-A3B's structure at the size of qwen3-moe: 3 gated-delta-net layers then 1 gated full
+    # attention layer, MoE with a shared expert, untied LM head, and one MTP layer, so that vLLM's
+    # speculative method "mtp" runs (the seeds' Qwen3-Next MTP NST=1/2 setups). Random weights: the MTP
+    # head's acceptance is near 0; the path is what is tested.
+    "qwen3-next": dataclasses.replace(
+        _DENSE, name="qwen3-next", architecture="qwen3_next", tie_word_embeddings=False, num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=256, shared_expert_intermediate_size=256,
+        full_attention_interval=4, linear_num_key_heads=2, linear_num_value_heads=4, linear_head_dim=64,
+        mtp_layers=1,
     ),
     # A tiny model that really does arithmetic: weights trained locally (~2 min on 2 cores) on the text of
     # quantgate.accuracy's generated problem set, so math accuracy means something on the embedded default.

