@@ -5,7 +5,7 @@ to the other core, streams /v1/completions events at a fixed interval per stream
 perf_counter time of every event it sends (CLOCK_MONOTONIC, shared by every process on the host). The
 client under test is pinned to one core and run at a growing number of concurrent streams:
 
-- quantgate: `quantgate.concurrency.run_sweep` (the threaded sweep client, one level, no warm-up);
+- quantgate: `quantgate.concurrency.run_sweep` (the asyncio/aiohttp sweep client, one level, no warm-up);
 - vLLM: `vllm bench serve --backend openai --max-concurrency S` (aiohttp/asyncio), its `--save-detailed` ITLs.
 
 ITL error per level = the larger of |client p50 - source p50| / source p50 and the same for p99, where the
@@ -246,10 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    print("\nheadroom (highest aggregate tok/s with ITL error < 1% on one client core):")
+    # p99 of a few thousand gaps on a shared core is dominated by scheduler wake-ups for every client, so the
+    # median-only figure is printed beside the strict one
+    print("\nheadroom (highest aggregate tok/s with ITL error < 1% on one client core): p50 and p99 / p50 only")
     for client in sorted({r["client"] for r in rows}):
-        good = [r["aggregate_tps"] for r in rows if r["client"] == client and r["itl_error"] < 0.01]
-        print(f"  {client:<17} {max(good) if good else 0:8.0f} tok/s")
+        mine = [r for r in rows if r["client"] == client]
+        strict = [r["aggregate_tps"] for r in mine if r["itl_error"] < 0.01]
+        median = [r["aggregate_tps"] for r in mine if r["err_p50"] < 0.01]
+        print(f"  {client:<17} {max(strict) if strict else 0:8.0f} / {max(median) if median else 0:8.0f} tok/s")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = out_dir / f"headroom-{stamp}.json"
     target.write_text(json.dumps({"interval_ms": args.interval_ms, "tokens": args.tokens, "cores": cores,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -64,44 +63,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """A/A runs: measure the same configs K times, each in a fresh engine, and turn the spread of the
-    per-run medians into per-metric tolerances for this hardware (baselines/<hw>/noise.json)."""
+    per-run medians into per-metric tolerances for this hardware (baselines/<hw>/noise.json), with the
+    false-alarm rate and the smallest slowdown the gate catches at those tolerances."""
+    from .baselines import BaselineStore
+    from .calibration import Limits, calibrate, noise_body, table
     from .matrix import load_matrices
     from .session import Run, Settings
+    from .stats import Figure
 
+    if args.runs < 2:
+        raise ValueError(f"--runs {args.runs}: an A/A calibration needs at least 2 runs")
+    if not 0 < args.power <= 1:
+        raise ValueError(f"--power {args.power}: must be in (0, 1]")
     paths = [Path(p) for p in args.matrix] or sorted(Path("fixtures/matrix").glob("*.toml"))
     matrices = load_matrices(paths)
     hw = hardware_mod.detect()
-    medians: dict[str, list[float]] = {}
+    runs: list[dict[str, Figure]] = []
     for k in range(args.runs):
         run = Run(matrices, hw, Settings(results_dir=Path(args.results), baselines_dir=Path(args.baselines)))
+        figures: dict[str, Figure] = {}
         try:
             for cid in args.config:
-                for name, fig in run.measurement(cid).figures.items():
-                    medians.setdefault(name, []).append(fig.median)
+                # keyed by config: the same cell of two configs is two figures, not two runs of one
+                figures.update({f"{cid}/{name}": fig for name, fig in run.measurement(cid).figures.items()})
                 run.release(cid)
         finally:
             run.close()
+        runs.append(figures)
         print(f"calibrate: run {k + 1}/{args.runs} done", flush=True)
-    per_metric: dict[str, list[float]] = {}
-    for name, values in medians.items():
-        if len(values) < 2 or not statistics.fmean(values):
-            continue
-        cv = statistics.stdev(values) / abs(statistics.fmean(values))
-        per_metric.setdefault(name.split("[", 1)[0], []).append(cv)
-    metrics = {}
-    for metric, cvs in sorted(per_metric.items()):
-        pooled = (sum(c * c for c in cvs) / len(cvs)) ** 0.5
-        # 3 sigma one-sided: about 1 false alarm in 740 figures if the noise is normal
-        tolerance = min(0.6, max(args.min_tolerance, args.sigmas * pooled))
-        metrics[metric] = {"cv_between_runs": round(pooled, 4), "tolerance": round(tolerance, 4),
-                           "figures": len(cvs)}
+    limits = Limits(sigmas=args.sigmas, min_tolerance=args.min_tolerance, max_tolerance=args.max_tolerance,
+                    power=args.power)
+    results = calibrate(runs, limits)
     body = {"hardware": hw.id, "hardware_name": hw.name, "k": args.runs, "configs": args.config,
-            "sigmas": args.sigmas, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "metrics": metrics}
-    from .baselines import BaselineStore
-
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **noise_body(results, limits)}
     path = BaselineStore(Path(args.baselines)).write_noise(hw.id, body)
-    print(json.dumps(body, indent=2))
+    print(table(results, limits.power))
     print(f"noise model written: {path}")
     return 0
 
@@ -125,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--sigmas", type=float, default=3.0)
     p.add_argument("--min-tolerance", type=float, default=0.05)
+    p.add_argument("--max-tolerance", type=float, default=0.60)
+    p.add_argument("--power", type=float, default=0.80,
+                   help="share of A/A trials a slowdown must fail in to count as caught (default 0.8)")
     p.add_argument("--matrix", action="append", default=[])
     p.add_argument("--baselines", default="baselines")
     p.add_argument("--results", default="results/calibrate")

@@ -11,29 +11,40 @@ Definitions (vllm/benchmarks/serve.py `calculate_metrics`, docs "Understanding t
   output_tokens from ``usage``; requests with one token have no TPOT.
 - output tok/s: sum of completion tokens / wall time of the level (first request sent -> last finished).
 
-Load shape: ``--request-rate inf --max-concurrency c``: N requests, at most c in flight, each worker thread
-with its own HTTP connection (threads release the GIL on socket reads; the per-chunk work is a json.loads
-and a perf_counter). Prompts are random token ids whose first block is unique to the request, as in
+Load shape: ``--request-rate inf --max-concurrency c``: N requests, at most c in flight, all streams read
+by one asyncio event loop over aiohttp keep-alive connections, like vllm bench serve's client (a thread per
+stream lost the median ITL near 6,000 tok/s on one core: benchmarks/README.md).
+Prompts are random token ids whose first block is unique to the request, as in
 `quantgate.workload`; the prefix-cache hit rate of each level's /metrics window is reported.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 
 from .metrics import MetricsSnapshot, parse_prometheus
 from .stats import Figure
-from .workload import NONCE_TOKENS, Client, PromptMaker, WorkloadError, sse_events
+from .workload import (
+    NONCE_TOKENS,
+    SSE_DONE,
+    TRUNCATED,
+    Client,
+    PromptMaker,
+    WorkloadError,
+    http_error,
+    sse_event,
+    sse_events,
+)
 
 SWEEP_SEED = 4343  # a prompt stream of its own: no first block shared with the grid or llama-benchy prompts
 SWEEP_WARMUP_SEED = 4444
@@ -94,46 +105,74 @@ def request_body(model: str, prompt: list[int] | str, max_tokens: int) -> dict[s
     }
 
 
+@dataclass
+class _StreamClock:
+    """Accumulates one stream's events into a StreamTiming: one piece of logic for the blocking reader
+    (benchy, single requests) and the asyncio reader (the sweep)."""
+
+    start: float
+    max_tokens: int
+    usage: dict[str, Any] | None = None
+    ttfr: float | None = None
+    events: list[float] = field(default_factory=list)  # every event with a choices entry, as vLLM counts them
+    first_text: int | None = None  # index of the first one that carries text
+
+    def add(self, now: float, event: dict[str, Any]) -> None:
+        if self.ttfr is None:
+            self.ttfr = now
+        if event.get("usage"):
+            self.usage = event["usage"]
+        choices = event.get("choices")
+        if choices:
+            if self.first_text is None and choices[0].get("text"):
+                self.first_text = len(self.events)
+            self.events.append(now)
+
+    def timing(self, end: float) -> StreamTiming:
+        if self.usage is None:
+            raise WorkloadError("stream carried no usage block (stream_options.include_usage ignored?)")
+        completion = int(self.usage.get("completion_tokens") or 0)
+        if completion == 0 or not self.events or self.ttfr is None:
+            raise WorkloadError(f"server returned zero tokens for a {self.max_tokens}-token request")
+        # leading events without text (a role-only or empty first chunk) are not the first token; later empty
+        # ones are (a special token or an incomplete UTF-8 sequence held back by the detokenizer), as in vLLM's
+        # client; a stream whose tokens all decode to "" is timed on all its events
+        start = self.start
+        times = self.events[self.first_text:] if self.first_text is not None else self.events
+        return StreamTiming(
+            start=start, ttfr_s=self.ttfr - start, ttft_s=times[0] - start, e2e_s=times[-1] - start,
+            end_s=end - start, content_times=[t - start for t in times],
+            prompt_tokens=int(self.usage.get("prompt_tokens") or 0), completion_tokens=completion,
+        )
+
+
 def timed_stream(http: httpx.Client, model: str, prompt: list[int] | str, max_tokens: int) -> StreamTiming:
     """POST /v1/completions with stream=True and time every event; raises WorkloadError on a bad answer."""
     body = request_body(model, prompt, max_tokens)
-    usage: dict[str, Any] | None = None
-    ttfr: float | None = None
-    events: list[float] = []  # every event with a choices entry, as vllm bench serve counts them
-    first_text: int | None = None  # index of the first one that carries text
-    perf = time.perf_counter
-    start = perf()
+    clock = _StreamClock(time.perf_counter(), max_tokens)
     for now, event in sse_events(http, body):
-        if ttfr is None:
-            ttfr = now
-        if event.get("usage"):
-            usage = event["usage"]
-        choices = event.get("choices")
-        if choices:
-            if first_text is None and choices[0].get("text"):
-                first_text = len(events)
-            events.append(now)
-    end = perf()
-    if usage is None:
-        raise WorkloadError("stream carried no usage block (stream_options.include_usage ignored?)")
-    completion = int(usage.get("completion_tokens") or 0)
-    if completion == 0 or not events or ttfr is None:
-        raise WorkloadError(f"server returned zero tokens for a {max_tokens}-token request")
-    # leading events without text (a role-only or empty first chunk) are not the first token; later empty
-    # ones are (a special token or an incomplete UTF-8 sequence held back by the detokenizer), as in vLLM's
-    # client; a stream whose tokens all decode to "" is timed on all its events
-    times = events[first_text:] if first_text is not None else events
-    return StreamTiming(
-        start=start, ttfr_s=ttfr - start, ttft_s=times[0] - start, e2e_s=times[-1] - start, end_s=end - start,
-        content_times=[t - start for t in times], prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=completion,
-    )
+        clock.add(now, event)
+    return clock.timing(time.perf_counter())
 
 
-def worker_http(client: Client, pool: int = 1) -> httpx.Client:
-    """A new connection pool with the client's base URL, API key and timeout (one per worker thread)."""
-    return httpx.Client(base_url=client.base_url, headers=dict(client.http.headers), timeout=client.http.timeout,
-                        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool))
+async def timed_stream_async(session: aiohttp.ClientSession, url: str, model: str, prompt: list[int] | str,
+                             max_tokens: int) -> StreamTiming:
+    """timed_stream on an asyncio connection: the sweep's streams share one thread and one event loop (as
+    vllm bench serve's aiohttp client does), so no GIL hand-off between stream threads delays a read."""
+    body = request_body(model, prompt, max_tokens)
+    perf = time.perf_counter
+    clock = _StreamClock(perf(), max_tokens)
+    async with session.post(url, json=body) as resp:
+        if resp.status != 200:
+            raise http_error(resp.status, await resp.text())
+        async for raw in resp.content:
+            now = perf()
+            event = sse_event(raw.decode("utf-8").rstrip("\r\n"))
+            if event == SSE_DONE:
+                return clock.timing(perf())
+            if isinstance(event, dict):
+                clock.add(now, event)
+    raise WorkloadError(TRUNCATED)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -315,35 +354,25 @@ class SweepResult:
         return sweep_figures(self)
 
 
-def _run_level(client: Client, prompts: list[list[int]], output_len: int, c: int,
-               https: list[httpx.Client]) -> tuple[list[StreamTiming], float]:
+async def _run_level(session: aiohttp.ClientSession, url: str, model: str, prompts: list[list[int]],
+                     output_len: int, c: int) -> tuple[list[StreamTiming], float]:
     """N prompts, at most c in flight (vllm bench serve --max-concurrency c --request-rate inf)."""
-    lock = threading.Lock()
-    todo = list(enumerate(prompts))
-    results: list[StreamTiming | None] = [None] * len(prompts)
-    errors: list[BaseException] = []
+    gate = asyncio.Semaphore(c)
 
-    def worker(http: httpx.Client) -> None:
-        while True:
-            with lock:
-                if not todo or errors:
-                    return
-                i, prompt = todo.pop(0)
-            try:
-                results[i] = timed_stream(http, client.model, prompt, output_len)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                with lock:
-                    errors.append(exc)
-                return
+    async def one(prompt: list[int]) -> StreamTiming:
+        async with gate:
+            return await timed_stream_async(session, url, model, prompt, output_len)
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=c, thread_name_prefix="qg-sweep") as pool:
-        for fut in [pool.submit(worker, https[k]) for k in range(c)]:
-            fut.result()
-    duration = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return [r for r in results if r is not None], duration
+    tasks = [asyncio.ensure_future(one(p)) for p in prompts]
+    try:
+        results = await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return list(results), time.perf_counter() - started
 
 
 def run_sweep(
@@ -354,21 +383,33 @@ def run_sweep(
     s = settings or SweepSettings()
     if s.prompt_len < NONCE_TOKENS:
         raise ValueError(f"prompt_len must be at least {NONCE_TOKENS} (the unique first block)")
+    return asyncio.run(_sweep(client, vocab_size, s, progress, server_metrics))
+
+
+async def _sweep(client: Client, vocab_size: int, s: SweepSettings, progress: Callable[[str], None] | None,
+                 server_metrics: bool) -> SweepResult:
     started = time.perf_counter()
     measure, warm = PromptMaker(vocab_size, SWEEP_SEED), PromptMaker(vocab_size, SWEEP_WARMUP_SEED)
     context = s.prompt_len - NONCE_TOKENS
     out = SweepResult(settings=s)
-    https = [worker_http(client) for _ in range(max(s.levels))]
-    try:
+    url = client.base_url.rstrip("/") + "/v1/completions"
+    timeout = client.http.timeout
+    # connections stay alive across levels; the /metrics scrapes below block the loop only between levels,
+    # when no stream is in flight
+    async with aiohttp.ClientSession(
+        headers={k: v for k, v in client.http.headers.items() if k.lower() == "authorization"},
+        connector=aiohttp.TCPConnector(limit=max(s.levels)),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read),
+    ) as session:
         window_text, window_start = scrape(client.http, client.model)
         for rep in range(s.repeats):
             for c in s.levels:
                 if s.warmup:
-                    _run_level(client, [warm.make(context) for _ in range(max(s.warmup, c))], s.output_len, c,
-                               https)
+                    await _run_level(session, url, client.model,
+                                     [warm.make(context) for _ in range(max(s.warmup, c))], s.output_len, c)
                 prompts = [measure.make(context) for _ in range(s.requests_for(c))]
                 before = scrape(client.http, client.model) if server_metrics else None
-                streams, duration = _run_level(client, prompts, s.output_len, c, https)
+                streams, duration = await _run_level(session, url, client.model, prompts, s.output_len, c)
                 window = None
                 if before is not None:
                     after = scrape(client.http, client.model)
@@ -379,9 +420,6 @@ def run_sweep(
                     progress(f"rep {rep + 1}/{s.repeats} c={c}: {level.output_tps:.1f} output tok/s, "
                              f"TPOT p50 {level.percentile_ms(level.tpots, 50):.1f} ms")
         end_text, window_end = scrape(client.http, client.model)
-    finally:
-        for h in https:
-            h.close()
     whole = ServerWindow(window_start, window_end, window_text, end_text, client.model)
     out.prefix_cache_hit_rate = whole.prefix_cache_hit_rate
     out.wall_s = time.perf_counter() - started

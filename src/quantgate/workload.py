@@ -118,26 +118,48 @@ class PromptMaker:
         return [self._rng.randrange(self.low, self.high) for _ in range(NONCE_TOKENS + context)]
 
 
+SSE_DONE = "[DONE]"
+
+
+def sse_event(line: str) -> dict[str, Any] | str | None:
+    """One line of an OpenAI SSE stream: the event object of a `data:` line, SSE_DONE at the end, None for any
+    other line. The one SSE parser, shared by the blocking reader below and the sweep's asyncio reader."""
+    if not line.startswith("data:"):
+        return None
+    payload = line[5:].strip()
+    if payload == SSE_DONE:
+        return SSE_DONE
+    try:
+        event = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise WorkloadError(f"malformed SSE event from server: {payload[:120]!r}") from exc
+    if not isinstance(event, dict):
+        raise WorkloadError(f"SSE event is not an object: {payload[:120]!r}")
+    return event
+
+
+TRUNCATED = "stream ended without [DONE] (truncated response)"
+
+
+def http_error(status: int, text: str) -> WorkloadError:
+    return WorkloadError(f"POST /v1/completions answered HTTP {status}: {text[:300]!r}")
+
+
 def sse_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[tuple[float, dict[str, Any]]]:
     """POST a streaming /v1/completions; yield (perf_counter time of arrival, event) for every SSE data event.
     Raises WorkloadError on an HTTP error, a malformed event, or a stream that ends without [DONE]."""
     with http.stream("POST", "/v1/completions", json=body) as resp:
         if resp.status_code != 200:
             resp.read()
-            raise WorkloadError(f"POST /v1/completions answered HTTP {resp.status_code}: {resp.text[:300]!r}")
+            raise http_error(resp.status_code, resp.text)
         for line in resp.iter_lines():
-            if not line.startswith("data:"):
-                continue
             now = time.perf_counter()
-            payload = line[5:].strip()
-            if payload == "[DONE]":
+            event = sse_event(line)
+            if event == SSE_DONE:
                 return
-            try:
-                event = json.loads(payload)
-            except json.JSONDecodeError as exc:
-                raise WorkloadError(f"malformed SSE event from server: {payload[:120]!r}") from exc
-            yield now, event
-    raise WorkloadError("stream ended without [DONE] (truncated response)")
+            if isinstance(event, dict):
+                yield now, event
+    raise WorkloadError(TRUNCATED)
 
 
 class Client:

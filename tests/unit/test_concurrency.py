@@ -51,10 +51,21 @@ def test_stream_timing_skips_empty_first_chunk_and_counts_ttfr() -> None:
     assert len(t.itls) == 9 and t.e2e_s <= t.end_s
 
 
-@pytest.mark.parametrize(("mode", "message"), [("500", "HTTP 500"), ("truncated", "without"), ("zero", "zero")])
+ERRORS = [("500", "HTTP 500"), ("truncated", "without"), ("zero", "zero"), ("malformed", "malformed SSE")]
+
+
+@pytest.mark.parametrize(("mode", "message"), ERRORS)
 def test_stream_errors(mode: str, message: str) -> None:
     with FakeServer(mode=mode) as srv, Client(srv.url, "m") as client, pytest.raises(WorkloadError, match=message):
         timed_stream(client.http, "m", [1, 2, 3], 8)
+
+
+@pytest.mark.parametrize(("mode", "message"), ERRORS)
+def test_async_sweep_reader_raises_the_same_errors(mode: str, message: str) -> None:
+    s = SweepSettings(levels=(2,), prompt_len=NONCE_TOKENS, output_len=8, requests_per_level=3, warmup=0)
+    with FakeServer(mode=mode) as srv, Client(srv.url, "m", api_key="k") as client, \
+            pytest.raises(WorkloadError, match=message):
+        run_sweep(client, vocab_size=4096, settings=s)
 
 
 def test_sweep_levels_concurrency_and_spec_chunks() -> None:
