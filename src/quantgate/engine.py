@@ -193,6 +193,13 @@ def wait_healthy(engine: Engine, timeout_s: float, poll_s: float = 0.5) -> float
                     return engine.ready_after_s
             except httpx.HTTPError:
                 pass
+            fatal = _fatal_line(engine)
+            if fatal:
+                stop(engine)
+                raise EngineStartError(
+                    f"engine for config {engine.config.id!r} failed to start ({fatal}) while its API server "
+                    f"kept waiting (killed); log {engine.log_path}, last lines:\n{engine.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 stop(engine)
                 raise EngineStartError(
@@ -200,6 +207,24 @@ def wait_healthy(engine: Engine, timeout_s: float, poll_s: float = 0.5) -> float
                     f"(killed); log {engine.log_path}, last lines:\n{engine.log_tail()}"
                 )
             time.sleep(poll_s)
+
+
+# vLLM's engine core can die during start while the API server waits on it until killed (seen with vLLM
+# 0.26.0, tensor parallel: "EngineCore failed to start." and the API server polling zmq for minutes)
+_FATAL_START = ("EngineCore failed to start", "Engine core initialization failed")
+
+
+def _fatal_line(engine: Engine) -> str | None:
+    if engine.log_path is None:
+        return None
+    try:
+        with open(engine.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 65536))
+            tail = fh.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    return next((marker for marker in _FATAL_START if marker in tail), None)
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

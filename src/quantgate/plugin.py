@@ -329,6 +329,9 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
         with contextlib.suppress(Exception):
             run.measurement(cid)
     run.release(cid)
+    worker = getattr(state.config, "workerinput", {}).get("workerid")
+    if worker is not None:  # saved as it goes: an interrupted worker still has its verdicts in the report
+        _save_worker_part(run, state, worker)
     # a reference measured only for ratios has no tests of its own left: stop it too
     for ref in {run.reference_of(c) for c in state.remaining} - {None}:
         if ref is not None and state.remaining.get(ref, 0) <= 0:
