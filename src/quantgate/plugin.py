@@ -503,8 +503,11 @@ def qg_explain(request: pytest.FixtureRequest) -> Any:
             m = run.measurement(config_id)
         except Exception as exc:  # the snapshot diff below still says what changed
             return f"kernel selection changed for {config_id!r} (figures unavailable: {exc})"
+        if base is None:  # nothing to compare with: a first run on this hardware, not a change
+            return (f"no baseline or kernel snapshot recorded for config {config_id!r} on {run.hardware.id}: "
+                    f"record them with `pytest --update-baselines`")
         lines = [f"kernel selection changed for config {config_id!r}"]
-        if base is not None and base.kernels is not None:
+        if base.kernels is not None:
             lines += ["  " + d for d in diff_records(KernelRecord.from_dict(base.kernels),
                                                       KernelRecord.from_dict(m.kernels))]
         for name, fig in sorted(m.figures.items()):

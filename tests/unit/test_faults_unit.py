@@ -174,3 +174,24 @@ def test_console_quantgate_kernels_bad_input_exit_code(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "quantgate.cli", "kernels", str(tmp_path / "x.log")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "no such file" in out.stderr
+
+
+@pytest.mark.fault("engine", "engine core dies during start but the API server keeps waiting (vLLM 0.26, TP=2)",
+                   "failed at once with the log tail, not after the start timeout")
+def test_engine_core_death_during_start_fails_fast(tmp_path: Path) -> None:
+    """Replays the real log of a tensor-parallel start on the lent H200 pair, where the engine core died
+    (CUBLAS_STATUS_INTERNAL_ERROR) and vLLM's API server polled for it until killed 6 minutes later."""
+    real = Path(__file__).resolve().parents[2] / "fixtures/logs/cuda/runs/h200x2-mg-bf16-tp2-engine-core-died.log"
+    log = tmp_path / "engine.log"
+    cfg = EngineConfig(id="tp2", model="m", quantization="bf16", hardware=("sm90",))
+    # a stand-in API server: it writes the real log, then waits forever, as vLLM's did
+    proc = subprocess.Popen([sys.executable, "-c", f"import shutil,time; shutil.copy({str(real)!r}, {str(log)!r}); "
+                             "time.sleep(600)"], start_new_session=True)
+    eng = engine_mod.Engine(config=cfg, port=engine_mod.free_port(), api_key="k", log_path=log, process=proc,
+                            started_at=time.monotonic())
+    started = time.monotonic()
+    with pytest.raises(engine_mod.EngineStartError, match=r"failed to start \(EngineCore failed to start\) while "
+                                                          r"its API server kept waiting \(killed\)"):
+        engine_mod.wait_healthy(eng, timeout_s=300, poll_s=0.2)
+    assert time.monotonic() - started < 30
+    assert proc.poll() is not None  # stopped, not left polling

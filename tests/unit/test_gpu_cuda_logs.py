@@ -32,6 +32,9 @@ EXPECTED: dict[str, dict[str, object]] = {
     "sm90-moe-w4a16": {"moe_family": "WNA16", "moe_backend": "MARLIN",
                        "linear_kernels": {"CompressedTensorsWNA16": "MacheteLinearKernel"}},
     "sm90-moe-nvfp4a16": {"moe_family": "NVFP4", "moe_backend": "MARLIN", "fallbacks": ["fp4-marlin-weight-only"]},
+    # a tiny Qwen3-Next (linear attention + MoE) with a random MTP layer
+    "sm90-mtp-nst1": {"spec_method": "mtp", "num_speculative_tokens": 1, "moe_backend": "TRITON"},
+    "sm90-mtp-nst2": {"spec_method": "mtp", "num_speculative_tokens": 2, "moe_backend": "TRITON"},
     # Qwen3-Coder-30B-A3B layer shape (128 experts, top-8)
     "sm90-moe-a3b-bf16": {"moe_family": "UNQUANTIZED", "moe_backend": "TRITON"},
     "sm90-moe-a3b-fp8-online": {"moe_family": "FP8", "moe_backend": "TRITON",
@@ -74,3 +77,4 @@ def test_spec_decode_acceptance_in_sm90_baselines() -> None:
     assert acceptance("sm90-ngram-nst3") > 3.0  # the prompts repeat: ngram drafts hit
     assert acceptance("sm90-draft-nst3") == pytest.approx(4.0)  # the target is its own draft
     assert acceptance("sm90-eagle3-nst3") == pytest.approx(1.0, abs=0.05)  # a random EAGLE3 head
+    assert acceptance("sm90-mtp-nst2") == pytest.approx(1.0, abs=0.05)  # a random MTP layer
