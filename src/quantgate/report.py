@@ -45,6 +45,19 @@ def _kernel_summary(kernels: dict[str, Any]) -> tuple[str, str]:
     return linear_text or "—", str(kernels.get("attention_backend") or "—")
 
 
+def _accuracy_cell(m: Measurement) -> str:
+    """`0.870 (0.803..0.917, n=100)`: the accuracy and its one-sided Wilson bounds, or empty."""
+    fig = m.figures.get("math_accuracy")
+    if fig is None or not fig.samples:
+        return ""
+    x = fig.extra
+    n = x.get("n", len(fig.samples))
+    acc = x.get("accuracy", sum(fig.samples) / n)
+    if "wilson_lower" not in x:
+        return f"{acc:.3f} (n={n})"
+    return f"{acc:.3f} ({x['wilson_lower']:.3f}..{x['wilson_upper']:.3f}, n={n})"
+
+
 def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> str:
     hw = run.hardware
     lines = [
@@ -73,10 +86,11 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
         lines.append("")
     by_id = {m.config.id: m for m in measured}
     ref_ids = {run.reference_of(cid) for cid in by_id} - {None}
+    with_acc = any("math_accuracy" in m.figures for m in measured)  # the column only where a config has it
     lines += ["## Comparison", "",
               "| Config | Quant | Spec | Linear kernel | Attention | tok/s (medium) | tok/s (long) | Δ vs ref "
-              "| Accept. len | Start s |",
-              "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+              "| Accept. len |" + (" Math acc. (95% Wilson) |" if with_acc else "") + " Start s |",
+              "|---|---|---|---|---|---:|---:|---:|---:|" + ("---:|" if with_acc else "") + "---:|"]
     for m in measured:
         cfg = m.config
         lin, attn = _kernel_summary(m.kernels)
@@ -88,7 +102,7 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
             f"| {cfg.id} | {cfg.quantization} | {cfg.spec_label} | {lin} | {attn} | "
             f"{_fmt(med.median if med else None)} | {_fmt(long_.median if long_ else None)} | "
             f"{'' if not rel else f'{rel.median - 1:+.1%}'} | {_fmt(acc.median if acc else None, 2)} | "
-            f"{_fmt(m.engine_ready_s)} |")
+            + (f"{_accuracy_cell(m)} | " if with_acc else "") + f"{_fmt(m.engine_ready_s)} |")
     if ref_ids:
         lines += ["", f"Δ vs ref: decode tok/s (ctx=0, long) relative to {', '.join(sorted(map(str, ref_ids)))} "
                       "in the same session."]
@@ -104,13 +118,21 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
         has_client = any(k.startswith("decode_tps_client[") for k in m.figures)
         other = "decode_tps_client" if has_client else "decode_tps_server"
         record = "client stream" if other == "decode_tps_server" else "server /metrics"
-        lines += [f"## {m.config.id} — {m.config.quantization}, {m.config.spec_label}", "",
-                  f"Decode tok/s (figure of record, {record}):", ""]
-        lines += _cell_table(m, "decode_tps", outputs, contexts)
-        lines += ["", f"Decode tok/s ({'server /metrics' if other == 'decode_tps_server' else 'client stream'}):", ""]
-        lines += _cell_table(m, other, outputs, contexts)
-        lines += ["", "TTFT ms (server):", ""]
-        lines += _cell_table(m, "ttft_ms", outputs, contexts)
+        lines.append(f"## {m.config.id} — {m.config.quantization}, {m.config.spec_label}")
+        if contexts:  # an accuracy-only config has no grid
+            lines += ["", f"Decode tok/s (figure of record, {record}):", ""]
+            lines += _cell_table(m, "decode_tps", outputs, contexts)
+            lines += ["", f"Decode tok/s ({'server /metrics' if other == 'decode_tps_server' else 'client stream'}):",
+                      ""]
+            lines += _cell_table(m, other, outputs, contexts)
+            lines += ["", "TTFT ms (server):", ""]
+            lines += _cell_table(m, "ttft_ms", outputs, contexts)
+        math_acc = m.figures.get("math_accuracy")
+        if math_acc is not None:
+            cats = math_acc.extra.get("by_category") or {}
+            per_cat = ", ".join(f"{c} {v['correct']}/{v['n']}" for c, v in cats.items())
+            by_cat = f"; by category: {per_cat}" if per_cat else ""
+            lines += ["", f"Math accuracy: {math_acc.note} (one-sided){by_cat}"]
         acc = m.figures.get("acceptance_length")
         if acc is not None:
             per_pos = ", ".join(f"{r:.3f}" for r in acc.extra.get("per_position", []))

@@ -114,7 +114,9 @@ class Run:
 
     def reference_of(self, config_id: str) -> str | None:
         gate = self.matrix_of(config_id).gate
-        return gate.reference if gate.mode == "relative" else None
+        if gate.mode != "relative" or "grid" not in self.config(config_id).workloads:
+            return None  # no grid, no decode ratios: an accuracy-only config never needs the reference's engine
+        return gate.reference
 
     # --- engines -------------------------------------------------------------------------------
     def resolve_models(self, cfg: EngineConfig) -> engine_mod.ResolvedModels:

@@ -73,14 +73,21 @@ def test_cpu_matrix_records_then_gates_then_catches_enforce_eager(suite, pyteste
     assert draft["median"] == pytest.approx(4.0)  # the target is its own draft: every token accepted
     report = next((pytester.path / "results").glob("*/report.md")).read_text()
     assert "| Config | Quant | Spec |" in report and "| ctx=512 |" in report
+    # the trained arithmetic model really computes when served: math accuracy far above random weights' ~0
+    for cid in ("arith-bf16", "arith-w8a8", "arith-fp8-dynamic"):
+        acc = json.loads((folder / f"{cid}.json").read_text())["figures"]["math_accuracy"]
+        assert acc["n"] == 200 and acc["mean"] >= 0.5, (cid, acc)
+        assert f"| {cid} | " in report and "Math acc. (95% Wilson)" in report
 
     # 2. an unchanged rerun passes against those baselines. This checks the pipeline, not the machine's noise
     # (tests/unit and `quantgate calibrate` cover that): a wide tolerance keeps CI from flaking on a busy host.
     (folder / "noise.json").write_text(json.dumps(
         {"k": 0, "metrics": {"rel_decode_tps": {"tolerance": 0.5}, "acceptance_length": {"tolerance": 0.2}}}))
-    again = suite("-k", "ngram-nst3")
+    again = suite("-k", "ngram-nst3 or arith-bf16")
     assert again.ret == 0, again.stdout.str()[-4000:]
-    assert again.parseoutcomes().get("passed", 0) >= 7  # kernels, 6 ratio cells, acceptance
+    # ngram: kernels, 6 ratio cells, acceptance; arith-bf16: kernels and math_accuracy (temperature 0: the
+    # same answers, so the Wilson gate passes)
+    assert again.parseoutcomes().get("passed", 0) >= 9
 
     # 3. --enforce-eager on one config: its kernel snapshot fails and names the change
     eager = suite("-k", "ngram-nst3", "--qg-serve-arg=--enforce-eager", "--qg-only=ngram-nst3")

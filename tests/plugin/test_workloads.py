@@ -69,3 +69,47 @@ def test_extra_workloads_are_gated_figures(workloads, pytester: pytest.Pytester,
     wrong.assert_outcomes(failed=1)
     wrong.stdout.fnmatch_lines(
         ["*config 'all' math_accuracy regressed: baseline 0.805 fraction, measured 0.005 fraction*Wilson 95% bounds*"])
+
+
+RELATIVE = """
+[gate]
+mode = "relative"
+reference = "ref"
+
+[workload]
+outputs = {{ short = 8 }}
+contexts = [0]
+repeats = 2
+warmup = 1
+
+[accuracy]
+problems = 200
+max_tokens = 4
+
+[defaults]
+model = "{model}"
+
+[[config]]
+id = "ref"
+
+[[config]]
+id = "acc"
+workloads = ["accuracy"]
+"""
+
+
+def test_accuracy_only_config_in_a_relative_matrix(qg, pytester: pytest.Pytester) -> None:
+    """No grid, so no ratios to the reference: `-k acc` starts only acc's engine, and the report's
+    comparison matrix carries the accuracy with its Wilson bounds."""
+    (pytester.path / "matrix.toml").write_text(RELATIVE.format(model=pytester.path / "model"))
+    names = qg("--collect-only", "-q").stdout.str()
+    assert "test_figure[acc-math_accuracy]" in names and "test_figure[acc-rel_decode_tps" not in names
+    result = qg("-k", "acc", "--update-baselines")
+    result.assert_outcomes(passed=2)  # kernel snapshot + math_accuracy
+    assert len((pytester.path / "pids.txt").read_text().split()) == 1  # the reference never started
+    report = next((pytester.path / "results").glob("*/report.md")).read_text()
+    assert "| Math acc. (95% Wilson) |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| acc | bf16 |"))
+    assert "| 0.805 (0.755..0.847, n=200) |" in row, row
+    assert "Math accuracy: 161/200 correct" in report and "by category: add1 60/60" in report
+    assert "Decode tok/s (figure of record" not in report  # no grid, no empty tables

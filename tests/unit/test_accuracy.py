@@ -88,7 +88,7 @@ def test_training_text_has_the_problem_set_formats() -> None:
                 assert w is not None
                 op, b = ("+", int(w[5])) if w[5] else ("-", int(w[6]))
                 assert prompt == accuracy.word_prompt(w[1], int(w[2]), op, b, w[3])
-    train_mix = set(_build_model.TRAIN_TASKS["arith-v1"]["mix"])
+    train_mix = set(_build_model.TRAIN_TASKS["arith-v2"]["mix"])
     assert train_mix == set(accuracy.CATEGORIES)
 
 
