@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("calibrate", help="A/A runs that set the per-metric tolerances for this hardware")
-    p.add_argument("--config", action="append", default=None, help="config ids (default: bf16 and w4a16)")
+    p.add_argument("--config", action="append", default=None,
+                   help="config ids (default: bf16 and w8a8, both served on every CPU kind)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--sigmas", type=float, default=3.0)
     p.add_argument("--min-tolerance", type=float, default=0.05)
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         args.pytest_args = unknown + list(args.pytest_args)  # `quantgate run -v -k w8a8` goes to pytest
     if getattr(args, "config", None) is None and args.command == "calibrate":
-        args.config = ["bf16", "w4a16"]
+        args.config = ["bf16", "w8a8"]
     from .matrix import MatrixError
 
     try:
