@@ -199,7 +199,7 @@ class Run:
             # one URL is one server: measuring it under a second config's name would file wrong figures
             raise engine_mod.EngineStartError(
                 f"config {cfg.id!r}: QUANTGATE_LAUNCHER=attach measures one server, already used as config "
-                f"{self._attached!r}; select one config (pytest -k / quantgate run --qg-config)")
+                f"{self._attached!r}; select one config (pytest -k ID)")
         self._attached = cfg.id
         eng = engine_mod.attach(cfg, spec)
         engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
