@@ -59,9 +59,10 @@ def server_figures(window: ServerWindow, duration_s: float) -> dict[str, float]:
     return out
 
 
-def run_quantgate(client: Client, vocab: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_quantgate(client: Client, vocab: int, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    # a prompt stream per round: the same prompts again would be served from the prefix cache
     settings = SweepSettings(levels=(args.concurrency,), prompt_len=args.input_len, output_len=args.output_len,
-                             requests_per_level=args.num_prompts, warmup=0)
+                             requests_per_level=args.num_prompts, warmup=0, seed=1000 + n)
     before = scrape(client.http, client.model)
     result = run_sweep(client, vocab, settings)
     after = scrape(client.http, client.model)
@@ -82,7 +83,8 @@ def run_vllm(client: Client, api_key: str, model_dir: Path, out_dir: Path, n: in
            "--metric-percentiles", "50,99", "--save-result", "--save-detailed", "--result-dir", str(out_dir),
            "--result-filename", name]
     env = dict(os.environ, OPENAI_API_KEY=api_key, VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
+               TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     # vllm bench serve imports vLLM and sends a readiness request before its window: scrape around the
     # benchmark itself by subtracting that one request (1 x output_len tokens, 1 TTFT sample) is not exact,
     # so the readiness request is skipped instead (--ready-check-timeout-sec 0)
@@ -138,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
             run_sweep(client, vocab, SweepSettings(levels=(args.concurrency,), prompt_len=args.input_len,
                                                    output_len=args.output_len,
                                                    requests_per_level=2 * args.concurrency, warmup=0,
-                                                   ), server_metrics=False)
+                                                   seed=999), server_metrics=False)
             for n in range(args.rounds):
-                rows["quantgate"].append(run_quantgate(client, vocab, args))
+                rows["quantgate"].append(run_quantgate(client, vocab, n, args))
                 print(f"round {n + 1}: quantgate {rows['quantgate'][-1]['client']['output_throughput']:.1f} tok/s",
                       flush=True)
                 rows["vllm"].append(run_vllm(client, eng.api_key, model_dir, out_dir, n, args))

@@ -205,7 +205,8 @@ def run_vllm(source: SourceShards, streams: int, tokens: int, tokenizer: str, co
     if core is not None:
         cmd = ["taskset", "-c", str(core), *cmd]
     env = dict(os.environ, OPENAI_API_KEY="none", VLLM_NO_USAGE_STATS="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(ROOT / "src"))
+               TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])))
     before = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device side of benchmarks/ (the `run` tool's machine, after ../shared/gpu's kit staged vLLM there):
 #   bash scripts/gpu/run_benchmarks.sh [headroom|fidelity|both]
-# carry: .stage/kit .gpu-models. headroom.py needs no GPU but a host with spare cores: the client gets core 0,
+# carry: .stage/kit (.gpu-models not needed: both scripts synthesize qwen3-dense bf16 on the device). headroom.py needs no GPU but a host with spare cores: the client gets core 0,
 # QG_SHARDS token-source processes get cores 1..QG_SHARDS. fidelity.py starts one real vLLM engine on the GPU.
 # Leaves in $OUT: bench-*.log and the scripts' raw JSON.
 set -u
@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/bench"
 bash .stage/kit/install.sh >"$OUT/install.log" 2>&1 || { tail -5 "$OUT/install.log"; exit 3; }
 . .stage/kit/env.sh
 export PYTHONPATH=$PWD/src:$PYTHONPATH PYTHONUNBUFFERED=1 QUANTGATE_MODEL_CACHE=/tmp/qgmodels
-mkdir -p /tmp/qgmodels && cp -rn .gpu-models/cache/. /tmp/qgmodels/
+mkdir -p /tmp/qgmodels && { [ ! -d .gpu-models/cache ] || cp -rn .gpu-models/cache/. /tmp/qgmodels/; }
 what=${1:-both}
 { nproc; lscpu | grep -E "Model name|^CPU\(s\)|Thread"; nvidia-smi --query-gpu=name --format=csv,noheader
   python3 -c 'import vllm, sys; print("vllm", vllm.__version__, "python", sys.version.split()[0])'

@@ -287,6 +287,9 @@ class SweepSettings:
     warmup: int = 1  # warm-up requests (different prompt stream) per level, at that concurrency
     percentiles: tuple[float, ...] = (50.0, 99.0)
     max_prefix_cache_hit_rate: float = MAX_PREFIX_CACHE_HIT_RATE
+    # prompt streams: the same seeds give the same prompts, so a second sweep on one engine needs others
+    seed: int = SWEEP_SEED
+    warmup_seed: int = SWEEP_WARMUP_SEED
 
     def requests_for(self, c: int) -> int:
         return self.requests_per_level or max(8, 4 * c)
@@ -398,7 +401,7 @@ def run_sweep(
 async def _sweep(client: Client, vocab_size: int, s: SweepSettings, progress: Callable[[str], None] | None,
                  server_metrics: bool) -> SweepResult:
     started = time.perf_counter()
-    measure, warm = PromptMaker(vocab_size, SWEEP_SEED), PromptMaker(vocab_size, SWEEP_WARMUP_SEED)
+    measure, warm = PromptMaker(vocab_size, s.seed), PromptMaker(vocab_size, s.warmup_seed)
     context = s.prompt_len - NONCE_TOKENS
     out = SweepResult(settings=s)
     timeout = client.http.timeout
