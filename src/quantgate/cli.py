@@ -64,9 +64,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """A/A runs: measure the same configs K times, each in a fresh engine, and turn the spread of the
     per-run medians into per-metric tolerances for this hardware (baselines/<hw>/noise.json), with the
-    false-alarm rate and the smallest slowdown the gate catches at those tolerances."""
-    from .baselines import BaselineStore
-    from .calibration import Limits, calibrate, noise_body, table
+    false-alarm rate and the smallest slowdown the gate catches at those tolerances; then every run judged
+    against the stored baseline of its config (another session), at those tolerances and at the gate's."""
+    from .baselines import Baseline, BaselineError, BaselineStore, NoiseModel
+    from .calibration import Limits, calibrate, cross_session, cross_session_body, cross_table, noise_body, table
     from .matrix import load_matrices
     from .session import Run, Settings
     from .stats import Figure
@@ -79,8 +80,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     matrices = load_matrices(paths)
     hw = hardware_mod.detect()
     runs: list[dict[str, Figure]] = []
+    stored: dict[str, Baseline | None] = {}
+    gate_noise: dict[str, NoiseModel] = {}
     for k in range(args.runs):
         run = Run(matrices, hw, Settings(results_dir=Path(args.results), baselines_dir=Path(args.baselines)))
+        if k == 0:  # what the gate compares with today, read before this calibration writes noise.json
+            for cid in args.config:
+                gate_noise[cid] = run.noise(cid)
+                try:
+                    stored[cid] = run.baseline(cid)
+                except BaselineError as exc:
+                    print(f"calibrate: {exc}: not judged across sessions", file=sys.stderr)
+                    stored[cid] = None
         figures: dict[str, Figure] = {}
         try:
             for cid in args.config:
@@ -94,10 +105,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     limits = Limits(sigmas=args.sigmas, min_tolerance=args.min_tolerance, max_tolerance=args.max_tolerance,
                     power=args.power)
     results = calibrate(runs, limits)
+    xs = cross_session(runs, stored, gate_noise, results)
     body = {"hardware": hw.id, "hardware_name": hw.name, "k": args.runs, "configs": args.config,
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **noise_body(results, limits)}
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **noise_body(results, limits),
+            "cross_session": cross_session_body(xs, stored)}
     path = BaselineStore(Path(args.baselines)).write_noise(hw.id, body)
     print(table(results, limits.power))
+    print()
+    print(cross_table(xs, stored))
     print(f"noise model written: {path}")
     return 0
 

