@@ -227,19 +227,20 @@ class StreamingClient:
                 conn.transport.close()
         self._idle.clear()
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> tuple[_Connection, bool]:
+        """(a connection, whether it is a pooled one)"""
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
                 conn._reset()
-                return conn
+                return conn, True
         loop = asyncio.get_running_loop()
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(_Connection, self.host, self.port, ssl=self.ssl), self.connect_timeout_s)
         except (OSError, asyncio.TimeoutError) as exc:
             raise StreamError(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from exc
-        return conn
+        return conn, False
 
     async def post(self, path: str, body: dict[str, Any]) -> tuple[float, Response]:
         """Send; return (perf_counter when the request was written, the complete response)."""
@@ -247,20 +248,30 @@ class StreamingClient:
         head = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
         request = (f"POST {self.prefix}{path} HTTP/1.1\r\n{head}Content-Type: application/json\r\n"
                    f"Content-Length: {len(payload)}\r\n\r\n").encode("latin-1") + payload
-        conn = await self._connect()
-        assert conn.transport is not None
-        sent = _perf()
-        conn.transport.write(request)
-        try:
-            await self._wait(conn)
-        except BaseException:
-            if not conn.complete.done():
-                conn.complete.cancel()  # nobody waits for it any more: the close below must not set it
-            conn.transport.close()
-            raise
+        for attempt in (1, 2):
+            conn, reused = await self._connect()
+            assert conn.transport is not None
+            sent = _perf()
+            conn.transport.write(request)
+            try:
+                await self._wait(conn)
+            except StreamError:
+                conn.transport.close()
+                # a pooled connection the server closed (keep-alive timeout) while the loop was not looking:
+                # nothing came back, so the request was not served; once more on a fresh connection
+                if reused and not conn.reads and attempt == 1:
+                    continue
+                raise
+            except BaseException:
+                if not conn.complete.done():
+                    conn.complete.cancel()  # nobody waits for it any more: the close below must not set it
+                conn.transport.close()
+                raise
+            break
         response = conn.response()
         if "close" in response.headers.get("connection", "").lower() or conn.closed:
-            conn.transport.close()
+            if conn.transport is not None:
+                conn.transport.close()
         else:
             self._idle.append(conn)
         return sent, response

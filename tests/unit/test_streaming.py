@@ -155,3 +155,38 @@ def test_unreachable_server_is_a_clear_error() -> None:
         asyncio.run(main())
     with pytest.raises(ValueError, match="not an http"):
         StreamingClient("ftp://x")
+
+
+def test_a_pooled_connection_closed_by_the_server_unseen_is_retried_once_on_a_fresh_one() -> None:
+    served: list[int] = []
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first_connection = not served
+        await _request(reader)
+        served.append(1)
+        writer.write(_chunked(EVENTS))
+        await writer.drain()
+        if first_connection:
+            await _request(reader)  # the keep-alive race: the request arrives as the server closes
+            return
+        await reader.read()
+
+    async def client_code(client: StreamingClient) -> object:
+        _, first = await client.post("/v1/completions", {})
+        _, second = await client.post("/v1/completions", {})
+        return first.status, second.status, [line for _, line in second.lines() if line][-1]
+
+    (first, second, last), connections = _run(script, client_code, read_timeout_s=5)
+    assert (first, second, last) == (200, 200, "data: [DONE]")
+    assert connections == 2 and len(served) == 2
+
+
+def test_a_fresh_connection_closed_without_an_answer_is_not_retried() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _request(reader)  # then close: nothing sent
+
+    async def client_code(client: StreamingClient) -> object:
+        return await client.post("/v1/completions", {})
+
+    with pytest.raises(StreamError, match="closed before"):
+        _run(script, client_code, read_timeout_s=5)
