@@ -60,6 +60,8 @@ class Response:
     headers: dict[str, str]  # lower-case names
     reads: list[tuple[float, bytes]]  # (perf_counter at arrival, raw bytes) of every socket read
     body_start: int  # offset of the body in the concatenated reads
+    chunked: bool  # Transfer-Encoding: chunked
+    length: int | None  # Content-Length; neither: the body ends at the close
 
     def body_segments(self) -> Iterator[tuple[float, bytes]]:
         """The body with the transfer framing removed, as (arrival time, bytes) pieces in order."""
@@ -78,9 +80,8 @@ class Response:
                 yield self.reads[i][0], raw[a:stop]
                 a = stop
 
-        if self.headers.get("transfer-encoding", "").lower() != "chunked":
-            length = self.headers.get("content-length")
-            end = self.body_start + int(length) if length is not None else len(raw)
+        if not self.chunked:
+            end = self.body_start + self.length if self.length is not None else len(raw)
             yield from pieces(self.body_start, min(end, len(raw)))
             return
         pos = self.body_start
@@ -141,13 +142,12 @@ class _Connection(asyncio.Protocol):
                 return
         else:
             self.tail = (self.tail + data)[-7:]
-        _, headers, body_start = self.head
         if self.chunked:
             # the last chunk "0\r\n\r\n" follows the previous chunk's "\r\n" (or starts the body); an SSE
             # payload ends in "\n\n", so no data chunk ends this way
             if self.tail.endswith(b"\r\n0\r\n\r\n"):
                 self._finish()
-        elif self.length is not None and self.received - body_start >= self.length:
+        elif self.length is not None and self.received - self.head[2] >= self.length:
             self._finish()
         # otherwise the body ends when the server closes the connection
 
@@ -194,12 +194,12 @@ class _Connection(asyncio.Protocol):
     def response(self) -> Response:
         assert self.head is not None
         status, headers, body_start = self.head
-        return Response(status, headers, self.reads, body_start)
+        return Response(status, headers, self.reads, body_start, self.chunked, self.length)
 
 
 class StreamingClient:
-    """POST JSON and collect a complete (streamed) response with a time stamp per read; at most `limit`
-    pooled keep-alive connections. Use inside one running event loop (`async with`)."""
+    """POST JSON and collect a complete (streamed) response with a time stamp per read; keep-alive
+    connections are pooled (one per request in flight at most). Use inside one running event loop."""
 
     def __init__(self, base_url: str, headers: dict[str, str] | None = None, *, connect_timeout_s: float = 10.0,
                  read_timeout_s: float = 120.0) -> None:
