@@ -133,6 +133,9 @@ class FakeServer:
                     self._send(int(mode), json.dumps({"error": f"fake {mode}"}).encode())
                     return
                 if body.get("stream") is False:  # non-streaming: the accuracy workload
+                    if os.environ.get("FAKE_ACCURACY_BROKEN"):  # a completion that is not JSON
+                        self._send(200, b"<html>proxy error</html>", "text/html")
+                        return
                     self._answer(body)
                     return
                 n = int(body["max_tokens"])

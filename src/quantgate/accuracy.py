@@ -29,6 +29,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Protocol
 
+from .errors import QuantgateError
 from .stats import Figure
 
 DEFAULT_SEED = 42
@@ -49,7 +50,7 @@ CATEGORIES = ("add1", "sub1", "add2", "word")
 EASY = ("add1", "sub1")
 
 
-class AccuracyError(ValueError):
+class AccuracyError(QuantgateError, ValueError):
     """Bad problem input (the message names the file and line) or a server that answered wrongly."""
 
 

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import QuantgateError
 from .stats import Figure, round_sig, worse_by
 
 SCHEMA_VERSION = 1
 NOISE_FILE = "noise.json"
 
 
-class BaselineError(ValueError):
+class BaselineError(QuantgateError, ValueError):
     """A baseline file is missing, corrupt, from another schema or another machine."""
 
 

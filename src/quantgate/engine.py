@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from .errors import QuantgateError
 from .launchers import AttachSpec, ContainerSpec, container_command, container_stop_command
 from .matrix import EngineConfig
 
@@ -26,7 +27,7 @@ HOST = "127.0.0.1"  # never 0.0.0.0: an engine under test is nobody's public end
 _PR_SET_PDEATHSIG = 1
 
 
-class EngineError(RuntimeError):
+class EngineError(QuantgateError, RuntimeError):
     """The engine could not be started or died; the message carries the tail of its log."""
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from .errors import QuantgateError
 from .hardware import _nvidia_smi_rows
 
 _PARALLEL_FLAGS = {
@@ -31,7 +32,7 @@ _PARALLEL_FLAGS = {
 }
 
 
-class GpuLeaseError(RuntimeError):
+class GpuLeaseError(QuantgateError, RuntimeError):
     """Not enough GPUs for a config, or none came free in time; the message says who holds them."""
 
 

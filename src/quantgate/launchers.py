@@ -21,6 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import QuantgateError
 from .matrix import EngineConfig
 
 CONTAINER_PORT = 8000
@@ -31,7 +32,7 @@ GPU_FLAGS = {
 }
 
 
-class LauncherError(RuntimeError):
+class LauncherError(QuantgateError, RuntimeError):
     """The launcher's settings are incomplete or its runtime is missing; the message says which."""
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import QuantgateError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -33,7 +35,7 @@ _ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
 _GATE_KEYS = {"mode", "reference", "default_tolerance"}
 
 
-class MatrixError(ValueError):
+class MatrixError(QuantgateError, ValueError):
     """A matrix file is wrong; the message names the file, the config and the value."""
 
 

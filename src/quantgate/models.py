@@ -36,6 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .errors import QuantgateError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: rely on the rename race alone
@@ -73,7 +75,7 @@ QUANTIZE_WORKER = _HERE / "_quantize_model.py"
 Log = Callable[[str], None]
 
 
-class ModelError(Exception):
+class ModelError(QuantgateError):
     """A recipe is invalid or a model could not be built; the message says which and how to fix it."""
 
 

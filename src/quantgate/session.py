@@ -20,6 +20,7 @@ from . import hardware as hardware_mod
 from . import kernels as kernels_mod
 from . import models as models_mod
 from .baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
+from .errors import QuantgateError
 from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
 from .hardware import Hardware
 from .launchers import LauncherSettings, attach_kernel_log
@@ -65,7 +66,7 @@ class _Slot:
     lease: Lease | None = None
 
 
-class KernelLogUnavailable(RuntimeError):
+class KernelLogUnavailable(QuantgateError, RuntimeError):
     """No engine log to read kernel selection from (an attached server without QUANTGATE_ATTACH_LOG)."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from .errors import QuantgateError
+
 _perf = time.perf_counter
 T = TypeVar("T")
 
@@ -50,7 +52,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
             loop.close()
 
 
-class StreamError(Exception):
+class StreamError(QuantgateError):
     """The connection failed, stalled or closed before the response was complete."""
 
 

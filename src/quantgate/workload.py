@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from .errors import QuantgateError
 from .matrix import WorkloadSettings
 from .metrics import MetricsSnapshot, SpecDecodeWindow, parse_prometheus, spec_decode_window
 from .stats import Figure
@@ -26,7 +27,7 @@ MEASURE_SEED = 42
 WARMUP_SEED = 4242
 
 
-class WorkloadError(RuntimeError):
+class WorkloadError(QuantgateError, RuntimeError):
     """The server answered wrongly (HTTP error, broken stream, missing usage, zero tokens)."""
 
 

@@ -113,3 +113,15 @@ def test_accuracy_only_config_in_a_relative_matrix(qg, pytester: pytest.Pytester
     assert "| 0.805 (0.755..0.847, n=200) |" in row, row
     assert "Math accuracy: 161/200 correct" in report and "by category: add1 60/60" in report
     assert "Decode tok/s (figure of record" not in report  # no grid, no empty tables
+
+
+def test_broken_accuracy_request_is_one_failure_line(qg, pytester: pytest.Pytester, monkeypatch) -> None:
+    """An AccuracyError (here: a completion that is not JSON) is one clear failure line naming the problem,
+    not a traceback through quantgate's internals: every quantgate error shares the QuantgateError root."""
+    (pytester.path / "matrix.toml").write_text(RELATIVE.format(model=pytester.path / "model"))
+    monkeypatch.setenv("FAKE_ACCURACY_BROKEN", "1")
+    result = qg("-k", "acc and math_accuracy")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    result.stdout.fnmatch_lines(["*AccuracyError: malformed completion for problem *<html>proxy error*"])
+    assert "Traceback" not in out and "raise AccuracyError" not in out and "accuracy.py:" not in out, out
