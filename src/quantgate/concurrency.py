@@ -43,7 +43,9 @@ from .workload import (
     Client,
     PromptMaker,
     WorkloadError,
+    carries_token,
     http_error,
+    request_body,
     sse_event,
     sse_events,
 )
@@ -99,14 +101,6 @@ class StreamTiming:
         }
 
 
-def request_body(model: str, prompt: list[int] | str, max_tokens: int) -> dict[str, Any]:
-    """The same request as `quantgate.workload.Client.complete` sends."""
-    return {
-        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "seed": 42,
-        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-    }
-
-
 @dataclass
 class _StreamClock:
     """Accumulates one stream's events into a StreamTiming: one piece of logic for the blocking reader
@@ -117,7 +111,7 @@ class _StreamClock:
     usage: dict[str, Any] | None = None
     ttfr: float | None = None
     events: list[float] = field(default_factory=list)  # every event with a choices entry, as vLLM counts them
-    first_text: int | None = None  # index of the first one that carries text
+    first_text: int | None = None  # index of the first one that carries a token (text, or token ids)
 
     def add(self, now: float, event: dict[str, Any]) -> None:
         if self.ttfr is None:
@@ -126,7 +120,7 @@ class _StreamClock:
             self.usage = event["usage"]
         choices = event.get("choices")
         if choices:
-            if self.first_text is None and choices[0].get("text"):
+            if self.first_text is None and carries_token(choices[0]):
                 self.first_text = len(self.events)
             self.events.append(now)
 
@@ -138,7 +132,8 @@ class _StreamClock:
             raise WorkloadError(f"server returned zero tokens for a {self.max_tokens}-token request")
         # leading events without text (a role-only or empty first chunk) are not the first token; later empty
         # ones are (a special token or an incomplete UTF-8 sequence held back by the detokenizer), as in vLLM's
-        # client; a stream whose tokens all decode to "" is timed on all its events
+        # client; a stream whose tokens all decode to "" carries token ids (request_body asks for them), and
+        # one from a server that ignores return_token_ids is timed on all its events
         start = self.start
         times = self.events[self.first_text:] if self.first_text is not None else self.events
         return StreamTiming(

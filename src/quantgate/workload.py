@@ -163,6 +163,25 @@ def sse_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[tuple[float
     raise WorkloadError(TRUNCATED)
 
 
+def request_body(model: str, prompt: list[int] | str, max_tokens: int) -> dict[str, Any]:
+    """The one streamed /v1/completions body, for the grid's blocking client and the benchy/sweep readers
+    alike (a copy in quantgate.concurrency once drifted and lost return_token_ids)."""
+    return {
+        "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "seed": 42,
+        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
+        # token ids in every chunk: a chunk whose token detokenizes to "" (a random-weight model that
+        # greedily repeats a lone UTF-8 continuation byte or a special token, seen on the H100) still
+        # counts as a token for TTFT and decode timing
+        "return_token_ids": True,
+    }
+
+
+def carries_token(choice: dict[str, Any]) -> bool:
+    """A streamed choice that holds a generated token: text, or token ids whose text is still "". Empty first
+    chunks (role-only or "") are not the first token: the anchors' TTFT pitfall."""
+    return bool(choice.get("text") or choice.get("token_ids"))
+
+
 class Client:
     """A small streaming client for /v1/completions; timing uses time.perf_counter around the socket reads."""
 
@@ -189,14 +208,7 @@ class Client:
         return parse_prometheus(resp.text, model_name=self.model)
 
     def complete(self, prompt: list[int] | str, max_tokens: int, cell: str = "") -> RequestResult:
-        body = {
-            "model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "seed": 42,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-            # token ids in every chunk: a chunk whose token detokenizes to "" (a random-weight model that
-            # greedily repeats a lone UTF-8 continuation byte or a special token, seen on the H100) still
-            # counts as a token for TTFT and decode timing
-            "return_token_ids": True,
-        }
+        body = request_body(self.model, prompt, max_tokens)
         usage: dict[str, Any] | None = None
         first: float | None = None
         last: float | None = None
@@ -207,7 +219,7 @@ class Client:
                 usage = event["usage"]
             choices = event.get("choices") or []
             # empty first chunks (role-only or "") are not the first token: anchors' TTFT pitfall
-            if choices and (choices[0].get("text") or choices[0].get("token_ids")):
+            if choices and carries_token(choices[0]):
                 first = first if first is not None else now
                 last = now
                 chunks += 1

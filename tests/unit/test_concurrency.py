@@ -10,6 +10,7 @@ from quantgate.concurrency import (  # noqa: E402
     LevelResult,
     StreamTiming,
     SweepSettings,
+    _StreamClock,
     histogram_buckets,
     histogram_quantile,
     run_sweep,
@@ -112,3 +113,31 @@ def test_histogram_quantile_over_window() -> None:
     assert histogram_quantile(0.5, b, a) == pytest.approx(0.1)
     assert histogram_quantile(0.75, b, a) == pytest.approx(0.15)
     assert math.isnan(histogram_quantile(0.5, a, a))
+
+
+def test_every_client_sends_the_same_request_body() -> None:
+    """The grid's client, benchy/single streams and the asyncio sweep send one body, return_token_ids
+    included (a copy in this module once lacked it: random MoE models whose tokens detokenize to "" then
+    timed the wrong chunks)."""
+    s = SweepSettings(levels=(1,), prompt_len=NONCE_TOKENS, output_len=4, requests_per_level=1, warmup=0)
+    with FakeServer() as srv, Client(srv.url, "m") as client:
+        prompt = list(range(300, 300 + NONCE_TOKENS))
+        client.complete(prompt, 4)
+        timed_stream(client.http, client.model, prompt, 4)
+        run_sweep(client, 4096, s)
+        bodies = [r["body"] for r in srv.requests]
+    assert len(bodies) == 3 and all(b["return_token_ids"] is True for b in bodies)
+    assert bodies[0] == bodies[1]
+    assert {k: v for k, v in bodies[2].items() if k != "prompt"} == {k: v for k, v in bodies[0].items()
+                                                                      if k != "prompt"}
+
+
+def test_a_chunk_with_token_ids_and_no_text_is_a_token() -> None:
+    clock = _StreamClock(start=0.0, max_tokens=3)
+    clock.add(0.1, {"choices": [{"text": ""}]})  # empty first chunk: not a token
+    clock.add(0.2, {"choices": [{"text": "", "token_ids": [7]}]})  # detokenizes to "": still a token
+    clock.add(0.3, {"choices": [{"text": "a", "token_ids": [8]}]})
+    clock.add(0.4, {"choices": [{"text": "", "token_ids": [9]}], "usage": {"prompt_tokens": 1,
+                                                                             "completion_tokens": 3}})
+    timing = clock.timing(0.5)
+    assert timing.ttft_s == pytest.approx(0.2) and timing.content_times == pytest.approx([0.2, 0.3, 0.4])
