@@ -33,11 +33,11 @@ import httpx
 import numpy as np
 
 from .metrics import MetricsSnapshot, parse_prometheus
+from .settings import NONCE_TOKENS, SweepSettings
 from .stats import Figure
 from .streaming import Response, StreamError, StreamingClient
 from .streaming import run as run_on_event_loop
 from .workload import (
-    NONCE_TOKENS,
     SSE_DONE,
     TRUNCATED,
     Client,
@@ -49,11 +49,6 @@ from .workload import (
     sse_event,
     sse_events,
 )
-
-SWEEP_SEED = 4343  # a prompt stream of its own: no first block shared with the grid or llama-benchy prompts
-SWEEP_WARMUP_SEED = 4444
-MAX_PREFIX_CACHE_HIT_RATE = 0.05
-
 
 # --------------------------------------------------------------------------------------------------------------
 # one timed stream (shared with quantgate.benchy)
@@ -272,24 +267,6 @@ def scrape(http: httpx.Client, model: str) -> tuple[str, MetricsSnapshot]:
 # the sweep
 
 
-@dataclass(frozen=True)
-class SweepSettings:
-    levels: tuple[int, ...] = (1, 2, 4, 8)
-    prompt_len: int = 64  # total prompt tokens, the unique first block included
-    output_len: int = 64
-    requests_per_level: int = 0  # 0: max(8, 4 x c)
-    repeats: int = 1  # the whole sweep again, levels interleaved: one sample per repeat in every Figure
-    warmup: int = 1  # warm-up requests (different prompt stream) per level, at that concurrency
-    percentiles: tuple[float, ...] = (50.0, 99.0)
-    max_prefix_cache_hit_rate: float = MAX_PREFIX_CACHE_HIT_RATE
-    # prompt streams: the same seeds give the same prompts, so a second sweep on one engine needs others
-    seed: int = SWEEP_SEED
-    warmup_seed: int = SWEEP_WARMUP_SEED
-
-    def requests_for(self, c: int) -> int:
-        return self.requests_per_level or max(8, 4 * c)
-
-
 @dataclass
 class LevelResult:
     concurrency: int
@@ -387,9 +364,7 @@ def run_sweep(
     progress: Callable[[str], None] | None = None, *, server_metrics: bool = True,
 ) -> SweepResult:
     """Warm up and measure every level (repeats interleaved); /metrics is scraped around each level."""
-    s = settings or SweepSettings()
-    if s.prompt_len < NONCE_TOKENS:
-        raise ValueError(f"prompt_len must be at least {NONCE_TOKENS} (the unique first block)")
+    s = settings or SweepSettings()  # validated when built (quantgate.settings)
     return run_on_event_loop(_sweep(client, vocab_size, s, progress, server_metrics))
 
 

@@ -6,11 +6,12 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import QuantgateError
+from .settings import BenchySettings, SweepSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -138,8 +139,8 @@ class Matrix:
     configs: tuple[EngineConfig, ...]
     workload: WorkloadSettings
     gate: GateSettings
-    benchy: dict[str, Any] = field(default_factory=dict)  # quantgate.benchy.BenchySettings fields
-    concurrency: dict[str, Any] = field(default_factory=dict)  # quantgate.concurrency.SweepSettings fields
+    benchy: BenchySettings = field(default_factory=BenchySettings)  # max_model_len is the config's, at run time
+    concurrency: SweepSettings = field(default_factory=SweepSettings)
     accuracy: AccuracySettings = field(default_factory=AccuracySettings)
 
     def get(self, config_id: str) -> EngineConfig:
@@ -315,28 +316,26 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     if gate.mode == "relative" and gate.reference not in seen:
         raise MatrixError(f"{path}: [gate] reference {gate.reference!r} is not a config id of this matrix")
     return Matrix(path=path, configs=tuple(configs), workload=_parse_workload(data.get("workload", {}), path),
-                  gate=gate, benchy=_settings_table(data, "benchy", path),
-                  concurrency=_settings_table(data, "concurrency", path),
+                  gate=gate, benchy=_settings_table(data, BenchySettings, "benchy", path),
+                  concurrency=_settings_table(data, SweepSettings, "concurrency", path),
                   accuracy=_parse_accuracy(data.get("accuracy", {}), path))
 
 
-def _settings_table(data: Mapping[str, Any], name: str, path: Path) -> dict[str, Any]:
-    """[benchy] / [concurrency]: the fields of BenchySettings / SweepSettings, lists become tuples."""
-    from dataclasses import fields
+_S = TypeVar("_S", BenchySettings, SweepSettings)
 
-    from .benchy import BenchySettings
-    from .concurrency import SweepSettings
 
+def _settings_table(data: Mapping[str, Any], cls: type[_S], name: str, path: Path) -> _S:
+    """[benchy] / [concurrency]: BenchySettings / SweepSettings built once, here (lists become tuples)."""
     table = data.get(name, {})
-    cls = BenchySettings if name == "benchy" else SweepSettings
+    if not isinstance(table, dict):
+        raise MatrixError(f"{path}: [{name}] must be a table, got {table!r}")
     allowed = {f.name for f in fields(cls)} - {"max_model_len"}
     _check_keys(table, allowed, f"{path}: [{name}]")
     out: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
     try:
-        cls(**out)
+        return cls(**out)
     except (TypeError, ValueError) as exc:
         raise MatrixError(f"{path}: [{name}]: {exc}") from None
-    return out
 
 
 def _parse_accuracy(raw: Mapping[str, Any], path: Path) -> AccuracySettings:

@@ -356,15 +356,15 @@ class Run:
         figures: list[Figure] = []
         gate_speed = matrix.gate.mode == "absolute"
         if "benchy" in cfg.workloads:
-            from .benchy import BenchySettings, run_benchy
+            from .benchy import run_benchy
 
-            settings = BenchySettings(**{**matrix.benchy, "max_model_len": cfg.max_model_len})
+            settings = replace(matrix.benchy, max_model_len=cfg.max_model_len)
             for f in run_benchy(client, vocab, settings).figures(source):
                 figures.append(f if gate_speed else replace(f, gated=False))
         if "concurrency" in cfg.workloads:
-            from .concurrency import SweepSettings, run_sweep
+            from .concurrency import run_sweep
 
-            for f in run_sweep(client, vocab, SweepSettings(**matrix.concurrency)).figures():
+            for f in run_sweep(client, vocab, matrix.concurrency).figures():
                 figures.append(replace(f, gated=gate_speed and f.metric == "output_tps"))
         if "accuracy" in cfg.workloads:
             from . import accuracy
@@ -487,15 +487,11 @@ def gated_figure_names(cfg: EngineConfig, matrix: Matrix) -> list[str]:
     else:
         names += [f"decode_tps[{c.key}]" for c in cells]
         if "benchy" in cfg.workloads:
-            from .benchy import BenchySettings
-
-            b = BenchySettings(**{**matrix.benchy, "max_model_len": cfg.max_model_len})
+            b = replace(matrix.benchy, max_model_len=cfg.max_model_len)
             names += [f"pp_tps[pp={pp},depth={d}]" for pp, d in b.pp_cells()]
             names += [f"tg_tps[tg={tg},depth={d}]" for tg, d in b.tg_cells()]
         if "concurrency" in cfg.workloads:
-            from .concurrency import SweepSettings
-
-            names += [f"output_tps[c={c}]" for c in SweepSettings(**matrix.concurrency).levels]
+            names += [f"output_tps[c={c}]" for c in matrix.concurrency.levels]
     if cfg.speculative is not None and cells:
         names.append("acceptance_length")
     if "accuracy" in cfg.workloads:

@@ -20,9 +20,9 @@ import httpx
 from .errors import QuantgateError
 from .matrix import WorkloadSettings
 from .metrics import MetricsSnapshot, SpecDecodeWindow, parse_prometheus, spec_decode_window
+from .settings import NONCE_TOKENS
 from .stats import Figure
 
-NONCE_TOKENS = 16  # one KV block: a unique first block defeats prefix caching for the whole prompt
 MEASURE_SEED = 42
 WARMUP_SEED = 4242
 

@@ -109,3 +109,32 @@ def test_shipped_cpu_matrix_loads_with_required_configs() -> None:
     assert {"bf16", "w4a16", "w8a8", "fp8-dynamic", "moe-bf16", "ngram-nst3", "draft-nst3"} <= ids
     assert m.get("ngram-nst3").speculative.num_speculative_tokens == 3
     assert m.get("draft-nst3").speculative.method == "draft_model"
+
+
+def test_benchy_and_concurrency_tables_are_typed_settings_built_at_load(tmp_path: Path) -> None:
+    from quantgate.settings import BenchySettings, SweepSettings
+
+    text = GOOD + "\n[benchy]\npp = [64, 128]\nlatency_mode = \"none\"\n\n[concurrency]\nlevels = [1, 2]\n" \
+        "percentiles = [50, 90]\n"
+    m = load_matrix(write(tmp_path, text))
+    assert m.benchy == BenchySettings(pp=(64, 128), latency_mode="none")
+    assert m.concurrency == SweepSettings(levels=(1, 2), percentiles=(50.0, 90.0))
+    assert load_matrix(write(tmp_path, GOOD, "plain.toml")).concurrency == SweepSettings()
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("[benchy]\nlatency_mode = \"api\"", "[benchy]: latency_mode must be 'generation' or 'none', not 'api'"),
+    ("[benchy]\npp = \"512\"", "[benchy]: pp must be a non-empty list of ints >= 0, got '512'"),
+    ("[benchy]\nmax_model_len = 8", "[benchy]: unknown key 'max_model_len'"),
+    ("[concurrency]\nlevels = [0, 2]", "[concurrency]: levels must be concurrencies >= 1"),
+    ("[concurrency]\nprompt_len = 4", "[concurrency]: prompt_len must be at least 16"),
+    ("[concurrency]\noutput_len = 1.5", "[concurrency]: output_len must be an integer >= 0, got 1.5"),
+    ("concurrency = 3", "[concurrency] must be a table, got 3"),
+])
+def test_bad_workload_settings_are_matrix_errors(tmp_path: Path, table: str, message: str) -> None:
+    # top-level keys go before the first table in TOML
+    text = table + "\n" + GOOD if "=" in table.split("\n")[0] and "[" not in table else GOOD + "\n" + table + "\n"
+    path = write(tmp_path, text)
+    with pytest.raises(MatrixError) as err:
+        load_matrix(path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value), str(err.value)
