@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .errors import QuantgateError
 from .stats import Figure
@@ -378,7 +378,7 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 
 @dataclass(frozen=True)
 class AccuracyVerdict:
-    outcome: str  # "pass" | "fail" | "indeterminate"
+    outcome: Literal["pass", "fail", "indeterminate"]  # a subset of quantgate.baselines.Outcome
     accuracy: float
     lower: float
     upper: float
@@ -405,8 +405,8 @@ def gate_accuracy(k: int, n: int, threshold: float, confidence: float = CONFIDEN
     the threshold is typically the baseline's accuracy minus an absolute tolerance (vLLM's default 0.08)."""
     z = z_for(confidence)
     lower, upper = wilson_interval(k, n, z)
-    outcome = "pass" if lower >= threshold else "fail" if upper < threshold else "indeterminate"
-    return AccuracyVerdict(outcome, k / n, lower, upper, threshold, n, confidence)
+    return AccuracyVerdict("pass" if lower >= threshold else "fail" if upper < threshold else "indeterminate",
+                           k / n, lower, upper, threshold, n, confidence)
 
 
 def accuracy_figure(result: AccuracyResult, *, confidence: float = CONFIDENCE, name: str = FIGURE_NAME,

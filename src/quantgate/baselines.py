@@ -12,13 +12,16 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .errors import QuantgateError
 from .stats import Figure, round_sig, worse_by
 
 SCHEMA_VERSION = 1
 NOISE_FILE = "noise.json"
+
+
+Outcome = Literal["pass", "fail", "indeterminate", "missing", "updated"]  # a gated figure's verdict
 
 
 class BaselineError(QuantgateError, ValueError):
@@ -56,7 +59,7 @@ class Verdict:
     config_id: str
     figure: str
     unit: str
-    outcome: str  # "pass" | "fail" | "missing" | "updated"
+    outcome: Outcome
     measured: float
     baseline: float | None = None
     delta: float | None = None  # (measured - baseline) / baseline
@@ -227,6 +230,7 @@ def judge(
     se = math.hypot(median_standard_error(figure.cv if len(figure.samples) > 1 else 0.0, len(figure.samples)),
                     median_standard_error(float(base.get("cv") or 0.0), int(base.get("n") or 1)))
     low, high = worse - Z_ONE_SIDED_95 * se, worse + Z_ONE_SIDED_95 * se
+    outcome: Outcome
     if math.isnan(worse):
         outcome = "fail"
     elif worse > tolerance:

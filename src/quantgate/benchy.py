@@ -33,7 +33,7 @@ from typing import Any
 from .concurrency import StreamTiming, timed_stream
 from .metrics import MetricsSnapshot
 from .settings import NONCE_TOKENS, BenchySettings
-from .stats import Figure
+from .stats import Figure, FigureKey, RecordSource
 from .workload import Client, PromptMaker
 
 BENCHY_SEED = 4545
@@ -55,8 +55,15 @@ class BenchyRun:
     server_ttft_s: float | None = None
 
     @property
+    def cell(self) -> FigureKey:
+        """The shape with no metric yet: pp=512,depth=0 or tg=32,depth=0."""
+        if self.kind == "pp":
+            return FigureKey("", pp=self.size, depth=self.depth)
+        return FigureKey("", tg=self.size, depth=self.depth)
+
+    @property
     def key(self) -> str:
-        return f"{self.kind}={self.size},depth={self.depth}"
+        return self.cell.params
 
     @property
     def prompt_tokens(self) -> int:
@@ -114,7 +121,7 @@ class BenchyResult:
         rate = self.prefix_cache_hit_rate
         return rate is not None and rate > self.settings.max_prefix_cache_hit_rate
 
-    def figures(self, record_source: str = "client") -> list[Figure]:
+    def figures(self, record_source: RecordSource = "client") -> list[Figure]:
         return benchy_figures(self, record_source)
 
 
@@ -172,7 +179,7 @@ def run_benchy(
     return out
 
 
-def benchy_figures(result: BenchyResult, record_source: str = "client") -> list[Figure]:
+def benchy_figures(result: BenchyResult, record_source: RecordSource = "client") -> list[Figure]:
     """Figures per shape, with raw samples (one per repeat):
 
     pp runs: ``pp_tps[pp=512,depth=0]`` (record source), ``pp_tps_<other>[...]``, ``ttfr_ms[...]``,
@@ -182,7 +189,7 @@ def benchy_figures(result: BenchyResult, record_source: str = "client") -> list[
     """
     if record_source not in ("client", "server"):
         raise ValueError("record_source must be 'client' or 'server'")
-    other = "server" if record_source == "client" else "client"
+    other: RecordSource = "server" if record_source == "client" else "client"
     suspect = result.prefix_cache_suspect
     note = (f"prefix-cache hit rate {result.prefix_cache_hit_rate:.1%} in the measured window: inflated"
             if suspect and result.prefix_cache_hit_rate is not None else "")
@@ -193,24 +200,24 @@ def benchy_figures(result: BenchyResult, record_source: str = "client") -> list[
             keys.append(run.key)
     for key in keys:
         rows = [r for r in result.runs if r.key == key]
-        kind = rows[0].kind
+        kind, cell = rows[0].kind, rows[0].cell
         raw = {"runs": [r.to_dict() for r in rows]}
         if kind == "pp":
             by = {"client": tuple(r.pp_tps for r in rows), "server": tuple(r.server_pp_tps for r in rows)}
-            figures.append(Figure(f"pp_tps[{key}]", "tok/s", True, by[record_source], record_source,
+            figures.append(Figure(cell.named("pp_tps"), "tok/s", True, by[record_source], record_source,
                                   gated=not suspect, note=note,
                                   extra={"latency_s": result.latency_s, **raw}))
-            figures.append(Figure(f"pp_tps_{other}[{key}]", "tok/s", True, by[other], other, gated=False,
+            figures.append(Figure(cell.named(f"pp_tps_{other}"), "tok/s", True, by[other], other, gated=False,
                                   note=note))
-            figures.append(Figure(f"ttfr_ms[{key}]", "ms", False, tuple(1000 * r.timing.ttfr_s for r in rows),
+            figures.append(Figure(cell.named("ttfr_ms"), "ms", False, tuple(1000 * r.timing.ttfr_s for r in rows),
                                   "client", gated=False))
-            figures.append(Figure(f"est_ppt_ms[{key}]", "ms", False, tuple(1000 * r.est_ppt_s for r in rows),
+            figures.append(Figure(cell.named("est_ppt_ms"), "ms", False, tuple(1000 * r.est_ppt_s for r in rows),
                                   "client", gated=False, extra={"latency_s": result.latency_s}))
         else:
             by = {"client": tuple(r.tg_tps for r in rows), "server": tuple(r.server_tg_tps for r in rows)}
-            figures.append(Figure(f"tg_tps[{key}]", "tok/s", True, by[record_source], record_source,
+            figures.append(Figure(cell.named("tg_tps"), "tok/s", True, by[record_source], record_source,
                                   gated=True, extra=raw))
-            figures.append(Figure(f"tg_tps_{other}[{key}]", "tok/s", True, by[other], other, gated=False))
-        figures.append(Figure(f"ttft_ms[{key}]", "ms", False, tuple(1000 * r.timing.ttft_s for r in rows),
+            figures.append(Figure(cell.named(f"tg_tps_{other}"), "tok/s", True, by[other], other, gated=False))
+        figures.append(Figure(cell.named("ttft_ms"), "ms", False, tuple(1000 * r.timing.ttft_s for r in rows),
                               "client", gated=False))
     return figures

@@ -27,7 +27,7 @@ import statistics
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .baselines import Baseline, NoiseModel, Verdict, judge
+from .baselines import Baseline, NoiseModel, Outcome, Verdict, judge
 from .stats import Figure, worse_by
 
 #: slowdowns tried, as fractions of the baseline: 1% steps up to 95%
@@ -97,8 +97,8 @@ def calibrated_noise(metric: str, tolerance: float) -> NoiseModel:
     return NoiseModel({metric: tolerance}, tolerance, source="A/A calibration")
 
 
-def _trial_outcomes(pairs: list[tuple[Figure, Figure]], noise: NoiseModel, s: float) -> list[str]:
-    outcomes = []
+def _trial_outcomes(pairs: list[tuple[Figure, Figure]], noise: NoiseModel, s: float) -> list[Outcome]:
+    outcomes: list[Outcome] = []
     for base_fig, measured in pairs:
         baseline = Baseline("aa", "aa", {base_fig.name: base_fig.summary()})
         outcomes.append(judge("aa", slowed(measured, s) if s else measured, baseline, noise).outcome)

@@ -34,7 +34,7 @@ import numpy as np
 
 from .metrics import MetricsSnapshot, parse_prometheus
 from .settings import NONCE_TOKENS, SweepSettings
-from .stats import Figure
+from .stats import Figure, FigureKey
 from .streaming import Response, StreamError, StreamingClient
 from .streaming import run as run_on_event_loop
 from .workload import (
@@ -416,10 +416,10 @@ def sweep_figures(result: SweepResult) -> list[Figure]:
         levels = result.of(c)
         if not levels:
             continue
-        key = f"c={c}"
+        key = FigureKey("", c=c)
         figures.append(Figure(
-            f"output_tps[{key}]", "tok/s", True, tuple(lv.output_tps for lv in levels), "client", gated=False,
-            note=note, extra={"requests": [len(lv.streams) for lv in levels],
+            key.named("output_tps"), "tok/s", True, tuple(lv.output_tps for lv in levels), "client",
+            gated=False, note=note, extra={"requests": [len(lv.streams) for lv in levels],
                               "duration_s": [lv.duration_s for lv in levels],
                               "server": [lv.server.summary() if lv.server else {} for lv in levels]},
         ))
@@ -430,6 +430,6 @@ def sweep_figures(result: SweepResult) -> list[Figure]:
                 extra: dict[str, Any] = {}
                 if p == result.settings.percentiles[0]:
                     extra["raw_ms"] = [[v * 1000 for v in getattr(lv, getter)] for lv in levels]
-                figures.append(Figure(f"{metric}_ms_{tag}[{key}]", "ms", False, samples, "client", gated=False,
-                                      extra=extra))
+                figures.append(Figure(key.named(f"{metric}_ms_{tag}"), "ms", False, samples, "client",
+                                      gated=False, extra=extra))
     return figures

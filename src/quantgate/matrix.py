@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from .errors import QuantgateError
 from .settings import BenchySettings, SweepSettings
@@ -34,6 +35,13 @@ _WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s
 _TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy"}
 _ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
 _GATE_KEYS = {"mode", "reference", "default_tolerance"}
+
+
+# "absolute": figures against the stored baselines; "relative": decode speed as ratios to the reference config
+# of the same session (absolute speed drifts between CPU hosts)
+GateMode = Literal["absolute", "relative"]
+# "start": the engine must fail to start; "any": any test of the config may fail
+FailureStage = Literal["start", "any"]
 
 
 class MatrixError(QuantgateError, ValueError):
@@ -69,7 +77,7 @@ class Speculative:
 @dataclass(frozen=True)
 class ExpectedFailure:
     reason: str
-    stage: str = "start"  # "start": the engine must fail to start; "any": any test of the config may fail
+    stage: FailureStage = "start"
     hardware: tuple[str, ...] = ()  # where the failure is expected; empty: everywhere the config runs
 
     def applies_to(self, hardware_id: str) -> bool:
@@ -119,7 +127,7 @@ class WorkloadSettings:
 
 @dataclass(frozen=True)
 class GateSettings:
-    mode: str = "absolute"  # "relative": gate figures as ratios to the reference config of the same session
+    mode: GateMode = "absolute"
     reference: str | None = None
     default_tolerance: float = 0.25
 
@@ -234,7 +242,7 @@ def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Pat
         if not isinstance(xfail, dict) or not isinstance(xfail.get("reason"), str):
             raise MatrixError(f"{where}: expected_failure needs a 'reason' string, got {xfail!r}")
         stage = xfail.get("stage", "start")
-        if stage not in ("start", "any"):
+        if stage not in get_args(FailureStage):
             raise MatrixError(f"{where}: expected_failure stage must be 'start' or 'any', got {stage!r}")
         unknown = sorted(set(xfail) - {"reason", "stage", "hardware"})
         if unknown:
@@ -268,6 +276,9 @@ def _parse_workload(raw: Mapping[str, Any], path: Path) -> WorkloadSettings:
         isinstance(v, int) and v > 1 for v in outputs.values()
     ):
         raise MatrixError(f"{where}: outputs must map names to token counts > 1, got {outputs!r}")
+    for name in outputs:  # an output name is part of every figure name of its cells: decode_tps[ctx=0,out=NAME]
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise MatrixError(f"{where}: output name {name!r} must be letters, digits or _ . + -")
     contexts = raw.get("contexts", list(base.contexts))
     if not isinstance(contexts, list) or not all(isinstance(c, int) and c >= 0 for c in contexts):
         raise MatrixError(f"{where}: contexts must be a list of token counts >= 0, got {contexts!r}")
@@ -311,7 +322,7 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
         mode=gate_raw.get("mode", "absolute"), reference=gate_raw.get("reference"),
         default_tolerance=float(gate_raw.get("default_tolerance", 0.25)),
     )
-    if gate.mode not in ("absolute", "relative"):
+    if gate.mode not in get_args(GateMode):
         raise MatrixError(f"{path}: [gate] mode must be 'absolute' or 'relative', got {gate.mode!r}")
     if gate.mode == "relative" and gate.reference not in seen:
         raise MatrixError(f"{path}: [gate] reference {gate.reference!r} is not a config id of this matrix")

@@ -8,14 +8,11 @@ or None when no measurement has the figures it plots (nothing is written then).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from .stats import Figure, median
-
-_DECODE = re.compile(r"^decode_tps\[ctx=(\d+),out=([^\]]+)\]$")
+from .stats import Figure, FigureKey, median
 
 
 class _Config(Protocol):
@@ -60,11 +57,11 @@ def decode_series(measurements: Sequence[MeasurementLike]) -> dict[str, dict[str
     out: dict[str, dict[str, list[Point]]] = {}
     for m in measurements:
         for name, fig in m.figures.items():
-            match = _DECODE.match(name)
+            key = FigureKey.parse(name)
             samples = _finite(fig.samples)
-            if not match or not samples:
+            if key.metric != "decode_tps" or key.ctx is None or key.out is None or not samples:
                 continue
-            ctx, output = int(match.group(1)), match.group(2)
+            ctx, output = key.ctx, key.out
             med = median(samples)
             out.setdefault(output, {}).setdefault(m.config.id, []).append((ctx, med, min(samples), max(samples)))
     for per_config in out.values():

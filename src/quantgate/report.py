@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .baselines import Verdict, atomic_write
+from .stats import FigureKey
 
 if TYPE_CHECKING:
     from .session import Measurement, Run
@@ -30,7 +31,7 @@ def _cell_table(m: Measurement, metric: str, outputs: Sequence[str], contexts: S
     for ctx in contexts:
         row = []
         for out in outputs:
-            fig = m.figures.get(f"{metric}[ctx={ctx},out={out}]")
+            fig = m.figures.get(str(FigureKey(metric, ctx=ctx, out=out)))
             row.append(f"{_fmt(fig.median)} ± {fig.cv * 100:.0f}%" if fig and fig.samples else "")
         lines.append(f"| ctx={_ctx_label(ctx)} | " + " | ".join(row) + " |")
     return lines
@@ -94,9 +95,10 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
     for m in measured:
         cfg = m.config
         lin, attn = _kernel_summary(m.kernels)
-        med = m.figures.get("decode_tps[ctx=0,out=medium]")
-        long_ = m.figures.get("decode_tps[ctx=0,out=long]")
-        rel = m.figures.get("rel_decode_tps[ctx=0,out=long]")
+        long_key = FigureKey("decode_tps", ctx=0, out="long")
+        med = m.figures.get(str(FigureKey("decode_tps", ctx=0, out="medium")))
+        long_ = m.figures.get(str(long_key))
+        rel = m.figures.get(str(long_key.relative()))
         acc = m.figures.get("acceptance_length")
         lines.append(
             f"| {cfg.id} | {cfg.quantization} | {cfg.spec_label} | {lin} | {attn} | "
@@ -114,8 +116,9 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
     for m in measured:
         matrix = run.matrix_of(m.config.id)
         outputs = list(matrix.workload.outputs)
-        contexts = sorted({int(k.split("ctx=")[1].split(",")[0]) for k in m.figures if k.startswith("decode_tps[")})
-        has_client = any(k.startswith("decode_tps_client[") for k in m.figures)
+        keys = [f.key for f in m.figures.values()]
+        contexts = sorted({k.ctx for k in keys if k.metric == "decode_tps" and k.ctx is not None})
+        has_client = any(k.metric == "decode_tps_client" for k in keys)
         other = "decode_tps_client" if has_client else "decode_tps_server"
         record = "client stream" if other == "decode_tps_server" else "server /metrics"
         lines.append(f"## {m.config.id} — {m.config.quantization}, {m.config.spec_label}")

@@ -25,7 +25,7 @@ from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gp
 from .hardware import Hardware
 from .launchers import LauncherSettings, attach_kernel_log
 from .matrix import EngineConfig, Matrix
-from .stats import Figure
+from .stats import Figure, FigureKey, RecordSource
 from .workload import Client, WorkloadResult, figures_from, grid, run_grid
 
 DEFAULT_START_TIMEOUT_S = 900.0
@@ -306,7 +306,7 @@ class Run:
         cells = grid(matrix.workload, cfg.max_model_len)
         vocab = _vocab_size(Path(self.resolve_models(cfg).model))
         started = time.monotonic()
-        source = "server" if matrix.gate.mode == "relative" else "client"
+        source: RecordSource = "server" if matrix.gate.mode == "relative" else "client"
         extra: list[Figure] = []
         with Client(eng.base_url, eng.served_model_name, eng.api_key, matrix.workload.request_timeout_s) as client:
             try:
@@ -350,7 +350,7 @@ class Run:
         return m
 
     def _extra_workloads(self, client: Client, cfg: EngineConfig, matrix: Matrix, vocab: int,
-                         source: str) -> list[Figure]:
+                         source: RecordSource) -> list[Figure]:
         """llama-benchy pp/tg, the concurrency sweep and math accuracy, for configs that ask for them.
         Speed figures are gated only where absolute speed is (GPU lanes); accuracy is gated everywhere."""
         figures: list[Figure] = []
@@ -385,7 +385,7 @@ class Run:
             if ref is None or not ref.median or math.isnan(ref.median):
                 continue
             out.append(Figure(
-                "rel_" + name, "x ref", True, tuple(s / ref.median for s in fig.samples), "derived",
+                str(fig.key.relative()), "x ref", True, tuple(s / ref.median for s in fig.samples), "derived",
                 note=f"ratio to config {reference.config.id!r} in the same session",
             ))
         return out
@@ -483,15 +483,15 @@ def gated_figure_names(cfg: EngineConfig, matrix: Matrix) -> list[str]:
     names: list[str] = []
     if matrix.gate.mode == "relative":
         if cfg.id != matrix.gate.reference:
-            names += [f"rel_decode_tps[{c.key}]" for c in cells]
+            names += [str(c.figure_key.with_metric("decode_tps").relative()) for c in cells]
     else:
-        names += [f"decode_tps[{c.key}]" for c in cells]
+        names += [c.figure("decode_tps") for c in cells]
         if "benchy" in cfg.workloads:
             b = replace(matrix.benchy, max_model_len=cfg.max_model_len)
-            names += [f"pp_tps[pp={pp},depth={d}]" for pp, d in b.pp_cells()]
-            names += [f"tg_tps[tg={tg},depth={d}]" for tg, d in b.tg_cells()]
+            names += [str(FigureKey("pp_tps", pp=pp, depth=d)) for pp, d in b.pp_cells()]
+            names += [str(FigureKey("tg_tps", tg=tg, depth=d)) for tg, d in b.tg_cells()]
         if "concurrency" in cfg.workloads:
-            names += [f"output_tps[c={c}]" for c in matrix.concurrency.levels]
+            names += [str(FigureKey("output_tps", c=c)) for c in matrix.concurrency.levels]
     if cfg.speculative is not None and cells:
         names.append("acceptance_length")
     if "accuracy" in cfg.workloads:

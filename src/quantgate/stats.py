@@ -3,27 +3,104 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from .errors import QuantgateError
+
+FigureSource = Literal["server", "client", "derived"]  # /metrics deltas, streamed timing, computed from others
+RecordSource = Literal["server", "client"]  # where a gated speed figure of record is measured
+
+_NAME = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*)(?:\[([^\[\]]*)\])?")
+_VALUE = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+class FigureKeyError(QuantgateError, ValueError):
+    """A figure name that is not ``metric`` or ``metric[param=value,...]`` with known parameters."""
+
+
+@dataclass(frozen=True)
+class FigureKey:
+    """A figure's name as data: the metric plus the parameters of its cell. ``str(key)`` is the one format and
+    `FigureKey.parse` the one parser of names such as ``decode_tps[ctx=512,out=long]``; the field order is
+    the order on disk, so the names in baselines stay byte-identical."""
+
+    metric: str
+    ctx: int | None = None  # grid: context tokens before the measured prompt
+    out: str | None = None  # grid: output length name (short, medium, long)
+    pp: int | None = None  # llama-benchy prompt-processing tokens
+    tg: int | None = None  # llama-benchy generated tokens
+    depth: int | None = None  # llama-benchy context depth
+    c: int | None = None  # concurrency level
+
+    def __str__(self) -> str:
+        params = self.params
+        return f"{self.metric}[{params}]" if params else self.metric
+
+    @property
+    def params(self) -> str:
+        """The part in brackets: ``ctx=512,out=long`` (also the cell's key in raw request records)."""
+        return ",".join(f"{f.name}={v}" for f in fields(self)[1:] if (v := getattr(self, f.name)) is not None)
+
+    def with_metric(self, metric: str) -> FigureKey:
+        """The same cell under another metric (``decode_tps_client``, ``roofline_fraction``)."""
+        return replace(self, metric=metric)
+
+    def named(self, metric: str) -> str:
+        """The figure name of this cell under a metric: ``FigureKey("", c=2).named("output_tps")``."""
+        return str(self.with_metric(metric))
+
+    def relative(self) -> FigureKey:
+        """The ratio to the session's reference config: ``rel_decode_tps[...]``."""
+        return self.with_metric("rel_" + self.metric)
+
+    @classmethod
+    def parse(cls, name: str) -> FigureKey:
+        m = _NAME.fullmatch(name)
+        if m is None:
+            raise FigureKeyError(f"figure name {name!r} is not metric or metric[param=value,...]")
+        known = {f.name: f for f in fields(cls)[1:]}
+        values: dict[str, Any] = {}
+        for part in m.group(2).split(",") if m.group(2) else ():
+            key, eq, value = part.partition("=")
+            if key not in known or not eq or not _VALUE.fullmatch(value) or key in values:
+                raise FigureKeyError(f"figure name {name!r}: bad parameter {part!r} "
+                                     f"(known: {', '.join(known)}, each once, as key=value)")
+            if key == "out":
+                values[key] = value
+            else:
+                try:
+                    values[key] = int(value)
+                except ValueError:
+                    raise FigureKeyError(f"figure name {name!r}: {key} must be an integer, got {value!r}") from None
+        key = cls(m.group(1), **values)
+        if str(key) != name:  # one spelling per figure: a reordered name would not match its baseline
+            raise FigureKeyError(f"figure name {name!r} is not in the canonical form {str(key)!r}")
+        return key
 
 
 @dataclass(frozen=True)
 class Figure:
     """One named metric of one config, with every raw sample kept."""
 
-    name: str  # e.g. "decode_tps[ctx=512,out=long]"
+    name: str  # str(FigureKey), e.g. "decode_tps[ctx=512,out=long]"
     unit: str
     higher_is_better: bool
     samples: tuple[float, ...]
-    source: str = "server"  # "server" (/metrics deltas), "client" (streamed timing), "derived"
+    source: FigureSource = "server"
     gated: bool = True
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def key(self) -> FigureKey:
+        return FigureKey.parse(self.name)
+
+    @property
     def metric(self) -> str:
-        return self.name.split("[", 1)[0]
+        return self.key.metric
 
     @property
     def value(self) -> float:

@@ -21,7 +21,7 @@ from .errors import QuantgateError
 from .matrix import WorkloadSettings
 from .metrics import MetricsSnapshot, SpecDecodeWindow, parse_prometheus, spec_decode_window
 from .settings import NONCE_TOKENS
-from .stats import Figure
+from .stats import Figure, FigureKey, RecordSource
 
 MEASURE_SEED = 42
 WARMUP_SEED = 4242
@@ -38,8 +38,17 @@ class Cell:
     max_tokens: int
 
     @property
+    def figure_key(self) -> FigureKey:
+        """The cell with no metric yet; ``figure("decode_tps")`` names ``decode_tps[ctx=512,out=long]``."""
+        return FigureKey("", ctx=self.context, out=self.output_name)
+
+    def figure(self, metric: str) -> str:
+        return self.figure_key.named(metric)
+
+    @property
     def key(self) -> str:
-        return f"ctx={self.context},out={self.output_name}"
+        """``ctx=512,out=long``: the cell of a raw request record."""
+        return self.figure_key.params
 
 
 @dataclass
@@ -279,11 +288,12 @@ def run_grid(
     return out
 
 
-def figures_from(result: WorkloadResult, cells: list[Cell], record_source: str, spec: bool) -> list[Figure]:
+def figures_from(result: WorkloadResult, cells: list[Cell], record_source: RecordSource,
+                 spec: bool) -> list[Figure]:
     """Decode tok/s from both sources (the figure of record is gated, the other kept for comparison),
     server prefill tok/s for cells with context, and TTFT."""
     figures: list[Figure] = []
-    other = "client" if record_source == "server" else "server"
+    other: RecordSource = "client" if record_source == "server" else "server"
     for cell in cells:
         rows = [r for r in result.requests if r.cell == cell.key]
         if not rows:
@@ -293,20 +303,20 @@ def figures_from(result: WorkloadResult, cells: list[Cell], record_source: str, 
             "client": tuple(r.client_decode_tps for r in rows),
         }
         bursts = sum(r.burst for r in rows)
-        figures.append(Figure(f"decode_tps[{cell.key}]", "tok/s", True, by_source[record_source], record_source))
+        figures.append(Figure(cell.figure("decode_tps"), "tok/s", True, by_source[record_source], record_source))
         figures.append(Figure(
-            f"decode_tps_{other}[{cell.key}]", "tok/s", True, by_source[other], other, gated=False,
+            cell.figure(f"decode_tps_{other}"), "tok/s", True, by_source[other], other, gated=False,
             note=f"{bursts}/{len(rows)} streams arrived in one burst" if bursts else "",
         ))
-        figures.append(Figure(f"ttft_ms[{cell.key}]", "ms", False,
+        figures.append(Figure(cell.figure("ttft_ms"), "ms", False,
                               tuple(1000 * (r.server_ttft_s or float("nan")) for r in rows), "server",
                               gated=False))
-        figures.append(Figure(f"ttft_ms_client[{cell.key}]", "ms", False,
+        figures.append(Figure(cell.figure("ttft_ms_client"), "ms", False,
                               tuple(1000 * r.client_ttft_s for r in rows), "client", gated=False))
         if cell.context >= 256 and cell.output_name == min(
             (c for c in cells if c.context == cell.context), key=lambda c: c.max_tokens
         ).output_name:
-            figures.append(Figure(f"prefill_tps[ctx={cell.context}]", "tok/s", True,
+            figures.append(Figure(str(FigureKey("prefill_tps", ctx=cell.context)), "tok/s", True,
                                   tuple(r.server_prefill_tps for r in rows), "server", gated=False))
     if spec and result.spec is not None and result.spec.drafts:
         s = result.spec

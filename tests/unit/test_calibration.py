@@ -18,7 +18,7 @@ from quantgate.calibration import (
 from quantgate.stats import Figure
 
 
-def runs_of(per_run: list[list[float]], name: str = "decode_tps[c]", higher: bool = True,
+def runs_of(per_run: list[list[float]], name: str = "decode_tps[c=1]", higher: bool = True,
             unit: str = "tok/s") -> list[dict[str, Figure]]:
     return [{f"cfg/{name}": Figure(name, unit, higher, tuple(samples))} for samples in per_run]
 
@@ -54,18 +54,18 @@ def test_very_noisy_runs_give_wide_tolerance_and_large_detectable_slowdown() -> 
 
 
 def test_latency_is_slowed_upwards_and_figures_are_kept_apart_by_config() -> None:
-    lat = Figure("ttft_ms[c]", "ms", False, (10.0, 20.0))
+    lat = Figure("ttft_ms[c=1]", "ms", False, (10.0, 20.0))
     assert slowed(lat, 0.5).samples == (15.0, 30.0)
-    assert slowed(Figure("decode_tps[c]", "tok/s", True, (10.0,)), 0.5).samples == (5.0,)
-    runs = [{"a/x[c]": Figure("x[c]", "ms", False, (1.0,)), "b/x[c]": Figure("x[c]", "ms", False, (9.0,))}] * 2
-    assert len(trial_pairs(runs, "a/x[c]")) == 2
+    assert slowed(Figure("decode_tps[c=1]", "tok/s", True, (10.0,)), 0.5).samples == (5.0,)
+    runs = [{"a/x[c=1]": Figure("x[c=1]", "ms", False, (1.0,)), "b/x[c=1]": Figure("x[c=1]", "ms", False, (9.0,))}] * 2
+    assert len(trial_pairs(runs, "a/x[c=1]")) == 2
     # two configs with very different speeds are not mistaken for run-to-run noise
     assert calibrate(runs)["x"].cv_between_runs == 0
 
 
 def test_accuracy_and_single_run_figures_are_left_out() -> None:
     runs = runs_of([[1, 0, 1]] * 3, name="math_accuracy", unit="fraction")
-    runs[0]["cfg/only_once[c]"] = Figure("only_once[c]", "tok/s", True, (5.0,))
+    runs[0]["cfg/only_once[c=1]"] = Figure("only_once[c=1]", "tok/s", True, (5.0,))
     assert calibrate(runs) == {}
 
 
@@ -85,7 +85,7 @@ def test_cross_session_shift_fails_at_the_calibrated_tolerance_and_passes_at_the
     runs = runs_of([[100] * 3, [100] * 3, [110] * 3])
     results = calibrate(runs, PINNED)
     assert results["decode_tps"].tolerance == 0.10 and results["decode_tps"].false_alarms == 0  # in-sample: fine
-    stored = {"cfg": stored_baseline("cfg", Figure("decode_tps[c]", "tok/s", True, (115.0,) * 3))}
+    stored = {"cfg": stored_baseline("cfg", Figure("decode_tps[c=1]", "tok/s", True, (115.0,) * 3))}
     gate = {"cfg": NoiseModel({}, 0.25)}  # no noise.json entry: the matrix default
     x = cross_session(runs, stored, gate, results)["decode_tps"]
     assert x.trials == 3 and x.missing == 0
@@ -110,10 +110,10 @@ def test_cross_session_gate_tolerance_comes_from_noise_json_and_latency_worsens_
     gate = {"cfg": store.noise("cpu-x", 0.25)}  # what the plugin's Run.noise returns
     # latency: runs at 50 ms against a baseline of 40 ms are 25% worse; a throughput 25% above its baseline
     # is better, and a better shift must not raise the tolerance that avoids false alarms
-    runs = [{"cfg/ttft_ms[c]": Figure("ttft_ms[c]", "ms", False, (50.0,) * 3),
-             "cfg/decode_tps[c]": Figure("decode_tps[c]", "tok/s", True, (125.0,) * 3)}] * 2
-    stored = {"cfg": stored_baseline("cfg", Figure("ttft_ms[c]", "ms", False, (40.0,) * 3),
-                                     Figure("decode_tps[c]", "tok/s", True, (100.0,) * 3))}
+    runs = [{"cfg/ttft_ms[c=1]": Figure("ttft_ms[c=1]", "ms", False, (50.0,) * 3),
+             "cfg/decode_tps[c=1]": Figure("decode_tps[c=1]", "tok/s", True, (125.0,) * 3)}] * 2
+    stored = {"cfg": stored_baseline("cfg", Figure("ttft_ms[c=1]", "ms", False, (40.0,) * 3),
+                                     Figure("decode_tps[c=1]", "tok/s", True, (100.0,) * 3))}
     xs = cross_session(runs, stored, gate, calibrate(runs, PINNED))
     lat, tps = xs["ttft_ms"], xs["decode_tps"]
     assert lat.calibrated.false_alarms == 2 and lat.gate.false_alarms == 0 and lat.gate.tolerances == (0.30,)
@@ -123,10 +123,10 @@ def test_cross_session_gate_tolerance_comes_from_noise_json_and_latency_worsens_
 
 
 def test_a_config_without_stored_baseline_is_not_judged_and_a_missing_figure_is_no_trial() -> None:
-    runs = [{"a/decode_tps[c]": Figure("decode_tps[c]", "tok/s", True, (100.0,) * 3),
-             "b/decode_tps[c]": Figure("decode_tps[c]", "tok/s", True, (50.0,) * 3),
-             "b/decode_tps[d]": Figure("decode_tps[d]", "tok/s", True, (50.0,) * 3)}] * 3
-    stored = {"a": None, "b": stored_baseline("b", Figure("decode_tps[c]", "tok/s", True, (50.0,) * 3))}
+    runs = [{"a/decode_tps[c=1]": Figure("decode_tps[c=1]", "tok/s", True, (100.0,) * 3),
+             "b/decode_tps[c=1]": Figure("decode_tps[c=1]", "tok/s", True, (50.0,) * 3),
+             "b/decode_tps[c=2]": Figure("decode_tps[c=2]", "tok/s", True, (50.0,) * 3)}] * 3
+    stored = {"a": None, "b": stored_baseline("b", Figure("decode_tps[c=1]", "tok/s", True, (50.0,) * 3))}
     gate = {"a": NoiseModel({}, 0.25), "b": NoiseModel({}, 0.25)}
     x = cross_session(runs, stored, gate, calibrate(runs, PINNED))["decode_tps"]
     # only b's figure c is a trial (3 runs); a has no baseline and b's figure d is not in it: neither passes
@@ -142,7 +142,7 @@ def test_a_config_without_stored_baseline_is_not_judged_and_a_missing_figure_is_
 def test_noise_json_with_cross_session_still_reads_as_a_noise_model(tmp_path: Path) -> None:
     runs = runs_of([[100] * 3, [100] * 3, [110] * 3])
     results = calibrate(runs, PINNED)
-    stored = {"cfg": stored_baseline("cfg", Figure("decode_tps[c]", "tok/s", True, (120.0,) * 3))}
+    stored = {"cfg": stored_baseline("cfg", Figure("decode_tps[c=1]", "tok/s", True, (120.0,) * 3))}
     xs = cross_session(runs, stored, {"cfg": NoiseModel({}, 0.25)}, results)
     store = BaselineStore(tmp_path)
     store.write_noise("cpu-x", {"k": 3, **noise_body(results, PINNED), "cross_session": cross_session_body(xs, stored)})

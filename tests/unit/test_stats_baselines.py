@@ -23,15 +23,15 @@ def test_robust_summaries() -> None:
 
 def test_store_roundtrip_merge_and_isolation(tmp_path: Path) -> None:
     store = BaselineStore(tmp_path)
-    store.update("cpu-x", "a", [fig("decode_tps[c]", [10, 11, 12]), fig("other", [1])], {"k": "v"}, {}, "run1")
-    store.update("cpu-x", "b", [fig("decode_tps[c]", [5])], None, {}, "run1")
+    store.update("cpu-x", "a", [fig("decode_tps[c=1]", [10, 11, 12]), fig("other", [1])], {"k": "v"}, {}, "run1")
+    store.update("cpu-x", "b", [fig("decode_tps[c=1]", [5])], None, {}, "run1")
     # refreshing one figure of "a" keeps its other figures and leaves "b" alone
     before_b = store.path("cpu-x", "b").read_text()
-    store.update("cpu-x", "a", [fig("decode_tps[c]", [20, 20, 20])], {"k": "w"}, {}, "run2")
+    store.update("cpu-x", "a", [fig("decode_tps[c=1]", [20, 20, 20])], {"k": "w"}, {}, "run2")
     a = store.load("cpu-x", "a")
     assert a is not None
-    assert a.figures["decode_tps[c]"]["median"] == 20 and a.figures["other"]["median"] == 1
-    assert a.figures["decode_tps[c]"]["samples"] == [20, 20, 20]
+    assert a.figures["decode_tps[c=1]"]["median"] == 20 and a.figures["other"]["median"] == 1
+    assert a.figures["decode_tps[c=1]"]["samples"] == [20, 20, 20]
     assert a.kernels == {"k": "w"} and a.run_id == "run2"
     assert store.path("cpu-x", "b").read_text() == before_b
     assert not list(tmp_path.rglob("*.tmp"))
@@ -56,25 +56,25 @@ def test_bad_baselines_are_named(tmp_path: Path, content: str, message: str) -> 
 
 def test_judge_fails_beyond_tolerance_and_names_everything(tmp_path: Path) -> None:
     store = BaselineStore(tmp_path)
-    store.update("cpu-x", "w4a16", [fig("decode_tps[c]", [100, 100, 100])], None, {}, "r")
+    store.update("cpu-x", "w4a16", [fig("decode_tps[c=1]", [100, 100, 100])], None, {}, "r")
     base = store.load("cpu-x", "w4a16")
     noise = NoiseModel({"decode_tps": 0.10}, 0.25, source="noise.json")
-    ok = judge("w4a16", fig("decode_tps[c]", [95, 95, 96]), base, noise)
+    ok = judge("w4a16", fig("decode_tps[c=1]", [95, 95, 96]), base, noise)
     assert ok.outcome == "pass"
-    bad = judge("w4a16", fig("decode_tps[c]", [80, 81, 79]), base, noise, ("compile_mode: X -> NONE",))
+    bad = judge("w4a16", fig("decode_tps[c=1]", [80, 81, 79]), base, noise, ("compile_mode: X -> NONE",))
     assert bad.outcome == "fail"
     msg = bad.message()
-    for part in ("'w4a16'", "decode_tps[c]", "baseline 100", "measured 80", "-20.0%", "tolerance 10.0%",
+    for part in ("'w4a16'", "decode_tps[c=1]", "baseline 100", "measured 80", "-20.0%", "tolerance 10.0%",
                  "compile_mode: X -> NONE"):
         assert part in msg
-    better = judge("w4a16", fig("decode_tps[c]", [200]), base, noise)
+    better = judge("w4a16", fig("decode_tps[c=1]", [200]), base, noise)
     assert better.outcome == "pass"
-    latency = judge("w4a16", fig("decode_tps[c]", [100], higher=False), base, noise)
+    latency = judge("w4a16", fig("decode_tps[c=1]", [100], higher=False), base, noise)
     assert latency.outcome == "pass"
 
 
 def test_missing_baseline_is_not_a_pass(tmp_path: Path) -> None:
-    v = judge("x", fig("decode_tps[c]", [1]), None, NoiseModel({}, 0.25))
+    v = judge("x", fig("decode_tps[c=1]", [1]), None, NoiseModel({}, 0.25))
     assert v.outcome == "missing"
     assert "--update-baselines" in v.message()
 
@@ -89,7 +89,7 @@ def test_noise_model_default_and_file(tmp_path: Path) -> None:
 
 def _base(tmp_path: Path, samples) -> object:
     store = BaselineStore(tmp_path)
-    store.update("cpu-x", "c", [fig("decode_tps[c]", samples)], None, {}, "r")
+    store.update("cpu-x", "c", [fig("decode_tps[c=1]", samples)], None, {}, "r")
     return store.load("cpu-x", "c")
 
 
@@ -97,12 +97,12 @@ def test_noisy_run_is_indeterminate_not_pass_or_fail(tmp_path: Path) -> None:
     base = _base(tmp_path, [100, 101, 99, 100, 100])
     noise = NoiseModel({"decode_tps": 0.10}, 0.25)
     # 20% worse on the median, but the run itself spreads over 2x: cannot tell
-    v = judge("c", fig("decode_tps[c]", [40, 80, 160]), base, noise)
+    v = judge("c", fig("decode_tps[c=1]", [40, 80, 160]), base, noise)
     assert v.outcome == "indeterminate"
     assert "too noisy" in v.message() and "(95%)" in v.message()
     # the same median with a tight run is a clear regression
-    assert judge("c", fig("decode_tps[c]", [80, 80.5, 79.5]), base, noise).outcome == "fail"
+    assert judge("c", fig("decode_tps[c=1]", [80, 80.5, 79.5]), base, noise).outcome == "fail"
     # a tight run inside the tolerance passes
-    assert judge("c", fig("decode_tps[c]", [95, 95.5, 94.5]), base, noise).outcome == "pass"
+    assert judge("c", fig("decode_tps[c=1]", [95, 95.5, 94.5]), base, noise).outcome == "pass"
     # inside the tolerance but so noisy that a 2x-tolerance regression cannot be ruled out
-    assert judge("c", fig("decode_tps[c]", [60, 100, 170]), base, noise).outcome == "indeterminate"
+    assert judge("c", fig("decode_tps[c=1]", [60, 100, 170]), base, noise).outcome == "indeterminate"
