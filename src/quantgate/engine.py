@@ -93,15 +93,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-        return True
-
-
 def _die_with_parent() -> None:
     """Runs in the child before exec: if the harness dies (even SIGKILL), the kernel sends the API server
     SIGTERM, and vLLM stops its own engine-core processes."""

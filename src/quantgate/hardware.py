@@ -38,18 +38,24 @@ class Hardware:
 
     @property
     def marker(self) -> str:
-        return "cpu" if self.id.startswith("cpu") else self.id
+        return marker_for(self.id)
 
     @property
     def is_gpu(self) -> bool:
-        return not self.id.startswith("cpu")
+        return marker_for(self.id) != "cpu"
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
 def marker_for(hardware_id: str) -> str:
+    """The one hardware-family rule: every CPU id (cpu-amx, cpu-avx512 ...) shares the "cpu" marker."""
     return "cpu" if hardware_id.startswith("cpu") else hardware_id
+
+
+def listed_for(listed: tuple[str, ...], hardware_id: str) -> bool:
+    """Whether a config's (or an expected failure's) hardware list names this machine, by id or by marker."""
+    return any(h in (hardware_id, marker_for(hardware_id)) for h in listed)
 
 
 def cpu_isa_id(flags: set[str]) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 from .errors import QuantgateError
+from .hardware import listed_for
 from .settings import BenchySettings, SweepSettings
 
 if sys.version_info >= (3, 11):
@@ -81,8 +82,7 @@ class ExpectedFailure:
     hardware: tuple[str, ...] = ()  # where the failure is expected; empty: everywhere the config runs
 
     def applies_to(self, hardware_id: str) -> bool:
-        return not self.hardware or any(
-            h == hardware_id or (h == "cpu" and hardware_id.startswith("cpu")) for h in self.hardware)
+        return not self.hardware or listed_for(self.hardware, hardware_id)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class EngineConfig:
         return self.speculative.label if self.speculative else "—"
 
     def applies_to(self, hardware_id: str) -> bool:
-        return any(h == hardware_id or (h == "cpu" and hardware_id.startswith("cpu")) for h in self.hardware)
+        return listed_for(self.hardware, hardware_id)
 
     def with_serve_args(self, extra: tuple[str, ...]) -> EngineConfig:
         from dataclasses import replace

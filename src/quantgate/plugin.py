@@ -20,11 +20,11 @@ import pytest
 from . import engine as engine_mod
 from .baselines import BaselineError, Verdict, atomic_write
 from .errors import QuantgateError
-from .hardware import GPU_IDS, MARKERS, Hardware, detect
+from .hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
 from .kernels import KernelRecord, diff_records
 from .launchers import LauncherError
 from .launchers import from_env as launcher_from_env
-from .matrix import EngineConfig, Matrix, MatrixError, load_matrices
+from .matrix import EngineConfig, MatrixError, load_matrices
 from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
@@ -214,7 +214,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def _config_marks(cfg: EngineConfig, hardware: Hardware, group: str) -> list[Any]:
     marks: list[Any] = [pytest.mark.quantgate, pytest.mark.xdist_group(group)]
-    marks += [getattr(pytest.mark, "cpu" if h == "cpu" or h.startswith("cpu-") else h) for h in cfg.hardware]
+    marks += [getattr(pytest.mark, marker_for(h)) for h in cfg.hardware]
     if not cfg.applies_to(hardware.id):
         marks.append(pytest.mark.skip(
             reason=f"config {cfg.id!r} is for {', '.join(cfg.hardware)}; this machine is {hardware.id} "
@@ -436,11 +436,6 @@ def qg_figure() -> str:
 @pytest.fixture(scope="session")
 def qg_run(request: pytest.FixtureRequest) -> Run:
     return _state(request.config).run
-
-
-@pytest.fixture(scope="session")
-def qg_matrices(qg_run: Run) -> tuple[Matrix, ...]:
-    return qg_run.matrices
 
 
 @pytest.fixture

@@ -138,3 +138,21 @@ def test_bad_workload_settings_are_matrix_errors(tmp_path: Path, table: str, mes
     with pytest.raises(MatrixError) as err:
         load_matrix(path)
     assert str(err.value).startswith(str(path)) and message in str(err.value), str(err.value)
+
+
+def test_one_hardware_family_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configs, expected failures and Hardware all follow hardware.marker_for: a new family rule (here: a
+    GPU id carrying its model, sm90-h200 -> sm90) needs one edit, not six."""
+    from quantgate import hardware
+    from quantgate.matrix import EngineConfig, ExpectedFailure
+
+    cpu = EngineConfig(id="a", model="/m", quantization="bf16", hardware=("cpu",))
+    assert cpu.applies_to("cpu-amx") and not cpu.applies_to("sm121")
+    assert EngineConfig(id="b", model="/m", quantization="bf16", hardware=("cpu-amx",)).applies_to("cpu-amx")
+    assert not EngineConfig(id="c", model="/m", quantization="bf16", hardware=("cpu-avx2",)).applies_to("cpu-amx")
+    monkeypatch.setattr(hardware, "marker_for", lambda hw: hw.split("-")[0] if hw.startswith("sm") else "cpu")
+    sm90 = EngineConfig(id="d", model="/m", quantization="bf16", hardware=("sm90",))
+    assert sm90.applies_to("sm90-h200") and not sm90.applies_to("sm121-gb10")
+    assert ExpectedFailure("x", hardware=("sm90",)).applies_to("sm90-h200")
+    h = hardware.Hardware(id="sm90-h200", name="H200")
+    assert h.marker == "sm90" and h.is_gpu
