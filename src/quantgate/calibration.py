@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .baselines import Baseline, NoiseModel, Outcome, Verdict, judge
+from .matrix import Matrix
 from .stats import Figure, worse_by
 
 #: slowdowns tried, as fractions of the baseline: 1% steps up to 95%
@@ -109,6 +111,24 @@ def trial_pairs(runs: Runs, key: str) -> list[tuple[Figure, Figure]]:
     """Every (baseline run, measured run) pair of distinct runs that both have this figure."""
     present = [run[key] for run in runs if key in run]
     return [(b, m) for i, b in enumerate(present) for j, m in enumerate(present) if i != j]
+
+
+def default_configs(matrices: Sequence[Matrix], hardware_id: str) -> list[str]:
+    """What `quantgate calibrate` measures when no --config is given: per matrix, the gate's reference, then
+    the first config of each quantization path not yet covered. Only configs that run here and are not
+    expected to fail here, without speculative decoding (its acceptance varies per prompt, not per session)."""
+    out: list[str] = []
+    for matrix in matrices:
+        usable = [c for c in matrix.for_hardware(hardware_id) if c.speculative is None and not (
+            c.expected_failure is not None and c.expected_failure.applies_to(hardware_id))]
+        ref = next((c for c in usable if c.id == matrix.gate.reference), None)
+        seen = {ref.quantization} if ref else set()
+        out += [ref.id] if ref else []
+        for cfg in usable:
+            if cfg.quantization not in seen:
+                seen.add(cfg.quantization)
+                out.append(cfg.id)
+    return out
 
 
 def calibrate(runs: Runs, limits: Limits = Limits(), grid: tuple[float, ...] = SLOWDOWN_GRID

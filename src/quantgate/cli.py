@@ -61,14 +61,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def ini_matrix_globs(start: Path) -> tuple[Path, list[str]]:
+    """(rootdir, quantgate_matrix globs) as pytest finds them: the first of pytest.ini, .pytest.ini,
+    pyproject.toml [tool.pytest.ini_options], tox.ini [pytest], setup.cfg [tool:pytest] in `start` or a
+    parent; none: `start` and the plugin's default."""
+    import iniconfig
+
+    from .matrix import DEFAULT_MATRIX_GLOBS, MatrixError, tomllib
+
+    def lines(value: object) -> list[str]:
+        items = value.splitlines() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
+        return [str(v).strip() for v in items if str(v).strip()]
+
+    for folder in (start, *start.parents):
+        for name, section in (("pytest.ini", "pytest"), (".pytest.ini", "pytest"), ("pyproject.toml", ""),
+                              ("tox.ini", "pytest"), ("setup.cfg", "tool:pytest")):
+            path = folder / name
+            if not path.is_file():
+                continue
+            if name == "pyproject.toml":
+                try:
+                    options = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}).get("pytest", {})
+                except tomllib.TOMLDecodeError as exc:
+                    raise MatrixError(f"{path}: invalid TOML: {exc}") from None
+                if "ini_options" not in options:
+                    continue
+                value = options["ini_options"].get("quantgate_matrix")
+            else:
+                try:
+                    ini = iniconfig.IniConfig(str(path))
+                except iniconfig.ParseError as exc:
+                    raise MatrixError(f"{path}: invalid ini file: {exc}") from None
+                if section not in ini:
+                    if name.endswith("pytest.ini"):  # pytest takes a pytest.ini even without the section
+                        return folder, list(DEFAULT_MATRIX_GLOBS)
+                    continue
+                value = ini[section].get("quantgate_matrix")
+            return folder, lines(value) if value is not None else list(DEFAULT_MATRIX_GLOBS)
+    return start, list(DEFAULT_MATRIX_GLOBS)
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """A/A runs: measure the same configs K times, each in a fresh engine, and turn the spread of the
     per-run medians into per-metric tolerances for this hardware (baselines/<hw>/noise.json), with the
     false-alarm rate and the smallest slowdown the gate catches at those tolerances; then every run judged
     against the stored baseline of its config (another session), at those tolerances and at the gate's."""
     from .baselines import Baseline, BaselineError, BaselineStore, NoiseModel
-    from .calibration import Limits, calibrate, cross_session, cross_session_body, cross_table, noise_body, table
-    from .matrix import load_matrices
+    from .calibration import (
+        Limits,
+        calibrate,
+        cross_session,
+        cross_session_body,
+        cross_table,
+        default_configs,
+        noise_body,
+        table,
+    )
+    from .matrix import load_matrices, matrix_files
     from .session import Run, Settings
     from .stats import Figure
 
@@ -76,9 +125,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise ValueError(f"--runs {args.runs}: an A/A calibration needs at least 2 runs")
     if not 0 < args.power <= 1:
         raise ValueError(f"--power {args.power}: must be in (0, 1]")
-    paths = [Path(p) for p in args.matrix] or sorted(Path("fixtures/matrix").glob("*.toml"))
-    matrices = load_matrices(paths)
+    root, globs = ini_matrix_globs(Path.cwd())
+    matrices = load_matrices(matrix_files(args.matrix, globs, root))
     hw = hardware_mod.detect()
+    if not args.config:  # the reference plus one config per quantization path that runs here
+        args.config = default_configs(matrices, hw.id)
+        if not args.config:
+            raise ValueError(f"no config of {', '.join(str(m.path) for m in matrices)} runs on {hw.id}")
+        print(f"calibrate: configs {', '.join(args.config)} (pass --config to choose)", flush=True)
     runs: list[dict[str, Figure]] = []
     stored: dict[str, Baseline | None] = {}
     gate_noise: dict[str, NoiseModel] = {}
@@ -133,14 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
     p = sub.add_parser("calibrate", help="A/A runs that set the per-metric tolerances for this hardware")
     p.add_argument("--config", action="append", default=None,
-                   help="config ids (default: bf16 and w8a8, both served on every CPU kind)")
+                   help="config ids (default: each matrix's reference plus one config per quantization "
+                        "that runs on this hardware)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--sigmas", type=float, default=3.0)
     p.add_argument("--min-tolerance", type=float, default=0.05)
     p.add_argument("--max-tolerance", type=float, default=0.60)
     p.add_argument("--power", type=float, default=0.80,
                    help="share of A/A trials a slowdown must fail in to count as caught (default 0.8)")
-    p.add_argument("--matrix", action="append", default=[])
+    p.add_argument("--matrix", "--qg-matrix", dest="matrix", action="append", default=[],
+                   help="matrix file(s) (default: the ini's quantgate_matrix, as the pytest plugin reads it)")
     p.add_argument("--baselines", default="baselines")
     p.add_argument("--results", default="results/calibrate")
     p.set_defaults(func=_cmd_calibrate)
@@ -154,8 +210,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         args.pytest_args = unknown + list(args.pytest_args)  # `quantgate run -v -k w8a8` goes to pytest
-    if getattr(args, "config", None) is None and args.command == "calibrate":
-        args.config = ["bf16", "w8a8"]
     from .matrix import MatrixError
 
     try:

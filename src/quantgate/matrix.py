@@ -360,6 +360,22 @@ def _parse_accuracy(raw: Mapping[str, Any], path: Path) -> AccuracySettings:
     return settings
 
 
+DEFAULT_MATRIX_GLOBS = ("fixtures/matrix/*.toml",)  # the ini's quantgate_matrix when it is not set
+
+
+def matrix_files(files: list[str], patterns: list[str], root: Path) -> list[Path]:
+    """The matrix files a session reads: the ones named (--qg-matrix), else the ini's globs under the rootdir.
+    One lookup for the pytest plugin and `quantgate calibrate`."""
+    if files:
+        return [Path(f) for f in files]
+    paths: list[Path] = []
+    for pattern in patterns:
+        paths += sorted(root.glob(pattern))
+    if not paths:
+        raise MatrixError(f"no matrix files found (looked for {patterns} under {root}); pass --qg-matrix")
+    return paths
+
+
 def load_matrices(paths: list[Path]) -> tuple[Matrix, ...]:
     """Several files (one per hardware family, say) each keep their own workload and gate settings;
     config ids must be unique across them because baselines are keyed by id."""

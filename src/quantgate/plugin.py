@@ -24,7 +24,7 @@ from .hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
 from .kernels import KernelRecord, diff_records
 from .launchers import LauncherError
 from .launchers import from_env as launcher_from_env
-from .matrix import EngineConfig, MatrixError, load_matrices
+from .matrix import DEFAULT_MATRIX_GLOBS, EngineConfig, MatrixError, load_matrices, matrix_files
 from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
@@ -52,7 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="start every selected engine at once before the first test and wait for all of "
                          "them; measurements still run one at a time (the others idle)")
     parser.addini("quantgate_matrix", "config matrix files (globs, relative to rootdir)", type="linelist",
-                  default=["fixtures/matrix/*.toml"])
+                  default=list(DEFAULT_MATRIX_GLOBS))
     parser.addini("quantgate_baselines", "baselines folder, relative to rootdir", default="baselines")
     parser.addini("quantgate_results", "results folder, relative to rootdir", default="results")
 
@@ -90,16 +90,8 @@ class QuantgateState:
     @property
     def run(self) -> Run:
         if self._run is None:
-            files = self.config.getoption("qg_matrix")
-            paths: list[Path] = []
-            if files:
-                paths = [Path(f) for f in files]
-            else:
-                for pattern in self.config.getini("quantgate_matrix"):
-                    paths += sorted(Path(self.config.rootpath).glob(pattern))
-            if not paths:
-                raise MatrixError(f"no matrix files found (looked for {self.config.getini('quantgate_matrix')} "
-                                  f"under {self.config.rootpath}); pass --qg-matrix")
+            paths = matrix_files(self.config.getoption("qg_matrix"), self.config.getini("quantgate_matrix"),
+                                 Path(self.config.rootpath))
             matrices = load_matrices(paths)
             settings = Settings(
                 results_dir=self._path("qg_results", "quantgate_results"),

@@ -10,9 +10,11 @@ from plugin_support import HW
 
 
 def test_calibrate_writes_tolerances_false_alarms_and_power(qg, pytester: pytest.Pytester) -> None:
-    out = pytester.run(sys.executable, "-m", "quantgate.cli", "calibrate", "--matrix", "matrix.toml",
-                       "--config", "ref", "--config", "w4", "--runs", "2", timeout=240)
+    # no --matrix, no --config: the ini's quantgate_matrix, and its reference plus one config per
+    # quantization that runs here (ref, w4; not gpu-only, not broken, which is expected to fail)
+    out = pytester.run(sys.executable, "-m", "quantgate.cli", "calibrate", "--runs", "2", timeout=240)
     assert out.ret == 0, out.stderr.str()
+    assert "calibrate: configs ref, w4 (pass --config to choose)" in out.stdout.str()
     noise = json.loads((pytester.path / "baselines" / HW / "noise.json").read_text())
     assert noise["k"] == 2 and noise["power"] == 0.8 and noise["configs"] == ["ref", "w4"]
     rel = noise["metrics"]["rel_decode_tps"]

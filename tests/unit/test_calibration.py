@@ -148,3 +148,17 @@ def test_noise_json_with_cross_session_still_reads_as_a_noise_model(tmp_path: Pa
     store.write_noise("cpu-x", {"k": 3, **noise_body(results, PINNED), "cross_session": cross_session_body(xs, stored)})
     noise = store.noise("cpu-x", 0.25)
     assert noise.tolerances == {"decode_tps": 0.10}  # the calibrated tolerance; the recommendation is not applied
+
+
+def test_default_configs_are_the_reference_and_one_per_quantization(tmp_path) -> None:
+    from quantgate.calibration import default_configs
+    from quantgate.matrix import load_matrices
+
+    repo = Path(__file__).resolve().parents[2]
+    matrices = load_matrices(sorted((repo / "fixtures/matrix").glob("*.toml")))
+    # w4a16 and moe-w4a16 are expected to fail on AVX2; speculative, MoE and accuracy configs repeat a
+    # quantization already covered
+    assert default_configs(matrices, "cpu-amx") == ["bf16", "w4a16", "w8a8", "fp8-dynamic"]
+    assert default_configs(matrices, "cpu-avx2") == ["bf16", "w8a8", "fp8-dynamic"]
+    sm121 = default_configs(matrices, "sm121")
+    assert sm121 and all(c.startswith("sm121-") for c in sm121) and "eagle3" not in " ".join(sm121)

@@ -52,3 +52,32 @@ def test_run_passes_pytest_options_through(monkeypatch: pytest.MonkeyPatch) -> N
 def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "quantgate.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "calibrate" in out.stdout
+
+
+@pytest.mark.parametrize(("name", "text", "globs"), [
+    ("pytest.ini", "[pytest]\nquantgate_matrix =\n    a/*.toml\n    b.toml\n", ["a/*.toml", "b.toml"]),
+    ("pyproject.toml", '[tool.pytest.ini_options]\nquantgate_matrix = ["m/*.toml"]\n', ["m/*.toml"]),
+    ("tox.ini", "[pytest]\nquantgate_matrix = x.toml\n", ["x.toml"]),
+    ("setup.cfg", "[tool:pytest]\naddopts = -q\n", ["fixtures/matrix/*.toml"]),
+])
+def test_calibrate_reads_the_matrix_globs_as_pytest_does(tmp_path: Path, name: str, text: str, globs) -> None:
+    (tmp_path / name).write_text(text)
+    (tmp_path / "sub").mkdir()
+    assert cli.ini_matrix_globs(tmp_path / "sub") == (tmp_path, globs)
+
+
+def test_ini_without_a_pytest_section_is_skipped(tmp_path: Path) -> None:
+    (tmp_path / "tox.ini").write_text("[tox]\nenvlist = py\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "inner" / "setup.cfg").write_text("[metadata]\nname = x\n")
+    assert cli.ini_matrix_globs(tmp_path / "inner") == (tmp_path / "inner", ["fixtures/matrix/*.toml"])
+
+
+def test_calibrate_without_matrix_names_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\nquantgate_matrix = nothing/*.toml\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no matrix files found (looked for ['nothing/*.toml'] under" in err
