@@ -142,6 +142,8 @@ class BaselineStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BaselineError(f"{path}: corrupt baseline ({exc}); restore it from git or rerun "
                                 f"with --update-baselines") from None
+        except OSError as exc:  # a folder where the file should be, a file where the folder should be
+            raise BaselineError(f"{path}: unreadable baseline ({exc.strerror or exc})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise BaselineError(f"{path}: baseline schema {found!r}, this quantgate reads schema "
@@ -186,8 +188,10 @@ class BaselineStore:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return NoiseModel({}, default)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BaselineError(f"{path}: corrupt noise model ({exc}); rerun `quantgate calibrate`") from None
+        except OSError as exc:
+            raise BaselineError(f"{path}: unreadable noise model ({exc.strerror or exc})") from None
         tolerances = {k: float(v["tolerance"]) for k, v in data.get("metrics", {}).items()}
         return NoiseModel(tolerances, default, source=f"{path.name}: A/A noise x{data.get('k', 3)}")
 
