@@ -6,9 +6,16 @@ published list of cases is exactly what the tests check.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests: a few hundred examples in CI, 10,000 nightly (QUANTGATE_HYPOTHESIS_PROFILE=nightly)
+settings.register_profile("ci", max_examples=300, deadline=None)
+settings.register_profile("nightly", max_examples=10_000, deadline=None)
+settings.load_profile(os.environ.get("QUANTGATE_HYPOTHESIS_PROFILE", "ci"))
 
 _ROWS: list[tuple[str, str, str, str, str]] = []
 

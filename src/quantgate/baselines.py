@@ -192,13 +192,33 @@ class BaselineStore:
             raise BaselineError(f"{path}: corrupt noise model ({exc}); rerun `quantgate calibrate`") from None
         except OSError as exc:
             raise BaselineError(f"{path}: unreadable noise model ({exc.strerror or exc})") from None
-        tolerances = {k: float(v["tolerance"]) for k, v in data.get("metrics", {}).items()}
-        return NoiseModel(tolerances, default, source=f"{path.name}: A/A noise x{data.get('k', 3)}")
+        return NoiseModel(_noise_tolerances(path, data), default,
+                          source=f"{path.name}: A/A noise x{data.get('k', 3) if isinstance(data, dict) else 3}")
 
     def write_noise(self, hardware: str, body: dict[str, Any]) -> Path:
         path = self.root / hardware / NOISE_FILE
         atomic_write(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
         return path
+
+
+MAX_TOLERANCE = 1.0  # a fraction of the baseline: above 1.0 a 10x slowdown (worse by 0.9) passes unseen
+
+
+def _noise_tolerances(path: Path, data: Any) -> dict[str, float]:
+    """Per-metric tolerances from noise.json, each in (0, MAX_TOLERANCE]: a hand-edited or corrupt file must
+    not switch the gate off."""
+    metrics = data.get("metrics", {}) if isinstance(data, dict) else None
+    if not isinstance(metrics, dict):
+        raise BaselineError(f"{path}: noise model 'metrics' must be an object; rerun `quantgate calibrate`")
+    out: dict[str, float] = {}
+    for metric, entry in metrics.items():
+        tol = entry.get("tolerance") if isinstance(entry, dict) else None
+        if (not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol)
+                or not 0 < tol <= MAX_TOLERANCE):
+            raise BaselineError(f"{path}: metric {metric!r} tolerance {tol!r} is out of bounds (0 < t <= "
+                                f"{MAX_TOLERANCE:g}: above that a 10x slowdown passes); rerun `quantgate calibrate`")
+        out[metric] = float(tol)
+    return out
 
 
 Z_ONE_SIDED_95 = 1.645

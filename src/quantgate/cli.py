@@ -77,8 +77,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if not 0 < args.power <= 1:
         raise ValueError(f"--power {args.power}: must be in (0, 1]")
     paths = [Path(p) for p in args.matrix] or sorted(Path("fixtures/matrix").glob("*.toml"))
-    matrices = load_matrices(paths)
     hw = hardware_mod.detect()
+    matrices = load_matrices(paths, hw.id)
     runs: list[dict[str, Figure]] = []
     stored: dict[str, Baseline | None] = {}
     gate_noise: dict[str, NoiseModel] = {}
@@ -160,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (MatrixError, OSError, ValueError) as exc:
+    except MatrixError as exc:  # exit 4, as pytest gives for the same file
+        print(f"quantgate {args.command}: {exc}", file=sys.stderr)
+        return 4
+    except (OSError, ValueError) as exc:
         print(f"quantgate {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from .hardware import GPU_IDS, MARKERS, Hardware, detect
 from .kernels import KernelRecord, diff_records
 from .launchers import LauncherError
 from .launchers import from_env as launcher_from_env
-from .matrix import EngineConfig, Matrix, MatrixError, load_matrices
+from .matrix import EngineConfig, Matrix, MatrixError, check_serve_args, load_matrices
 from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
@@ -101,7 +101,9 @@ class QuantgateState:
             if not paths:
                 raise MatrixError(f"no matrix files found (looked for {self.config.getini('quantgate_matrix')} "
                                   f"under {self.config.rootpath}); pass --qg-matrix")
-            matrices = load_matrices(paths)
+            hardware = detect()
+            matrices = load_matrices(paths, hardware.id)
+            check_serve_args(tuple(self.config.getoption("qg_serve_arg")), "--qg-serve-arg")
             settings = Settings(
                 results_dir=self._path("qg_results", "quantgate_results"),
                 baselines_dir=self._path("qg_baselines", "quantgate_baselines"),
@@ -117,7 +119,7 @@ class QuantgateState:
                 if tr is not None:
                     tr.write_line(msg)
 
-            self._run = Run(matrices, detect(), settings, run_id=self.run_id, log=log)
+            self._run = Run(matrices, hardware, settings, run_id=self.run_id, log=log)
         return self._run
 
     @property

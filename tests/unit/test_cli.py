@@ -52,3 +52,13 @@ def test_run_passes_pytest_options_through(monkeypatch: pytest.MonkeyPatch) -> N
 def test_console_script_is_installed() -> None:
     out = subprocess.run([sys.executable, "-m", "quantgate.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "calibrate" in out.stdout
+
+
+def test_calibrate_bad_matrix_exits_4(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTGATE_HARDWARE", "cpu-avx2")
+    bad = tmp_path / "m.toml"
+    bad.write_text("config = [1]\n")
+    assert cli.main(["calibrate", "--matrix", str(bad)]) == 4  # the exit code pytest gives for the same file
+    err = capsys.readouterr().err
+    assert f"{bad}: every [[config]] entry must be a table" in err and len(err.strip().splitlines()) == 1
