@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import locks
 from .stats import Figure, round_sig, worse_by
 
 SCHEMA_VERSION = 1
@@ -118,12 +118,8 @@ def atomic_write(path: Path, text: str) -> None:
 def locked(path: Path) -> Iterator[None]:
     """Serialize read-merge-write of one baseline across pytest-xdist workers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with locks.locked(path.parent / f".{path.name}.lock"):
+        yield
 
 
 class BaselineStore:
