@@ -495,7 +495,7 @@ def _parse_accuracy(raw: Any, path: Path) -> AccuracySettings:
 def unset_variables(cfg: EngineConfig) -> list[tuple[str, str]]:
     """(key, variable) for each ${VAR} a config's model paths name that was not set when it was loaded
     (expandvars leaves those as text)."""
-    paths = [("model", cfg.model)]
+    paths: list[tuple[str, Any]] = [("model", cfg.model)]
     if cfg.speculative is not None:
         paths.append(("speculative model", cfg.speculative.model))
     return [(key, braced or bare) for key, value in paths if isinstance(value, str)
