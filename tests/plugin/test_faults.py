@@ -138,10 +138,16 @@ def test_api_key_never_written(qg, pytester: pytest.Pytester) -> None:
             assert key not in f.read_text()
 
 
+def _default_sigint() -> None:
+    # a terminal's Ctrl-C reaches a pytest whose SIGINT is the default; an ignored SIGINT inherited from the
+    # process running this test (seen once in a full `-n 2` run) would make Python keep ignoring it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-m", "cpu", *args], cwd=pytester.path, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ), preexec_fn=_default_sigint,
     )
 
 
