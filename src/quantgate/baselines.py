@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from . import locks
 from .errors import QuantgateError
 from .stats import Figure, round_sig, worse_by
 
@@ -122,12 +122,8 @@ def atomic_write(path: Path, text: str) -> None:
 def locked(path: Path) -> Iterator[None]:
     """Serialize read-merge-write of one baseline across pytest-xdist workers."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with locks.locked(path.parent / f".{path.name}.lock"):
+        yield
 
 
 class BaselineStore:
@@ -146,6 +142,8 @@ class BaselineStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BaselineError(f"{path}: corrupt baseline ({exc}); restore it from git or rerun "
                                 f"with --update-baselines") from None
+        except OSError as exc:  # a folder where the file should be, a file where the folder should be
+            raise BaselineError(f"{path}: unreadable baseline ({exc.strerror or exc})") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
             found = data.get("schema") if isinstance(data, dict) else type(data).__name__
             raise BaselineError(f"{path}: baseline schema {found!r}, this quantgate reads schema "
@@ -190,15 +188,37 @@ class BaselineStore:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return NoiseModel({}, default)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise BaselineError(f"{path}: corrupt noise model ({exc}); rerun `quantgate calibrate`") from None
-        tolerances = {k: float(v["tolerance"]) for k, v in data.get("metrics", {}).items()}
-        return NoiseModel(tolerances, default, source=f"{path.name}: A/A noise x{data.get('k', 3)}")
+        except OSError as exc:
+            raise BaselineError(f"{path}: unreadable noise model ({exc.strerror or exc})") from None
+        return NoiseModel(_noise_tolerances(path, data), default,
+                          source=f"{path.name}: A/A noise x{data.get('k', 3) if isinstance(data, dict) else 3}")
 
     def write_noise(self, hardware: str, body: dict[str, Any]) -> Path:
         path = self.root / hardware / NOISE_FILE
         atomic_write(path, json.dumps(body, indent=2, sort_keys=True) + "\n")
         return path
+
+
+MAX_TOLERANCE = 1.0  # a fraction of the baseline: above 1.0 a 10x slowdown (worse by 0.9) passes unseen
+
+
+def _noise_tolerances(path: Path, data: Any) -> dict[str, float]:
+    """Per-metric tolerances from noise.json, each in (0, MAX_TOLERANCE]: a hand-edited or corrupt file must
+    not switch the gate off."""
+    metrics = data.get("metrics", {}) if isinstance(data, dict) else None
+    if not isinstance(metrics, dict):
+        raise BaselineError(f"{path}: noise model 'metrics' must be an object; rerun `quantgate calibrate`")
+    out: dict[str, float] = {}
+    for metric, entry in metrics.items():
+        tol = entry.get("tolerance") if isinstance(entry, dict) else None
+        if (not isinstance(tol, (int, float)) or isinstance(tol, bool) or not math.isfinite(tol)
+                or not 0 < tol <= MAX_TOLERANCE):
+            raise BaselineError(f"{path}: metric {metric!r} tolerance {tol!r} is out of bounds (0 < t <= "
+                                f"{MAX_TOLERANCE:g}: above that a 10x slowdown passes); rerun `quantgate calibrate`")
+        out[metric] = float(tol)
+    return out
 
 
 Z_ONE_SIDED_95 = 1.645

@@ -126,8 +126,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if not 0 < args.power <= 1:
         raise ValueError(f"--power {args.power}: must be in (0, 1]")
     root, globs = ini_matrix_globs(Path.cwd())
-    matrices = load_matrices(matrix_files(args.matrix, globs, root))
     hw = hardware_mod.detect()
+    matrices = load_matrices(matrix_files(args.matrix, globs, root), hw.id)
     if not args.config:  # the reference plus one config per quantization path that runs here
         args.config = default_configs(matrices, hw.id)
         if not args.config:
@@ -214,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (MatrixError, OSError, ValueError) as exc:
+    except MatrixError as exc:  # exit 4, as pytest gives for the same file
+        print(f"quantgate {args.command}: {exc}", file=sys.stderr)
+        return 4
+    except (OSError, ValueError) as exc:
         print(f"quantgate {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -129,6 +129,7 @@ def engine_env(config: EngineConfig, api_key: str) -> dict[str, str]:
         "VLLM_LOGGING_COLOR": "0",
     })
     env.update(config.env)
+    env["VLLM_API_KEY"] = api_key  # the matrix loader refuses to pin it; this keeps it so for any caller
     return env
 
 

@@ -11,7 +11,6 @@ waiting for two GPUs is not starved by single-GPU configs that keep grabbing whi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import tempfile
@@ -24,6 +23,7 @@ from typing import IO
 
 from .errors import QuantgateError
 from .hardware import _nvidia_smi_rows
+from .locks import LockError, lock_file, private_dir
 
 _PARALLEL_FLAGS = {
     "--tensor-parallel-size": "tp", "-tp": "tp",
@@ -83,16 +83,6 @@ class Lease:
         self._handles.clear()
 
 
-def _lock_file(path: Path, blocking: bool) -> IO[str] | None:
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the lease's life
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -109,7 +99,10 @@ class GpuPool:
     lock_dir: Path
 
     def __post_init__(self) -> None:
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        try:  # 0700 and ours: in /tmp anyone could otherwise pre-create it and plant symlinks in it
+            self.lock_dir = private_dir(self.lock_dir)
+        except LockError as exc:
+            raise GpuLeaseError(str(exc)) from None
 
     def _gpu_path(self, gpu: str) -> Path:
         return self.lock_dir / ("gpu-" + re.sub(r"[^\w.-]", "_", gpu) + ".lock")
@@ -146,7 +139,7 @@ class GpuPool:
 
     def _queue(self) -> tuple[IO[str], list[str]]:
         """The waiters' queue, locked; entries of processes that died are dropped."""
-        handle = _lock_file(self.lock_dir / "queue", blocking=True)
+        handle = lock_file(self.lock_dir / "queue", blocking=True)
         assert handle is not None
         handle.seek(0)
         entries = [e for e in handle.read().splitlines() if e.strip() and _pid_alive(int(e.split()[0]))]
@@ -171,7 +164,7 @@ class GpuPool:
             for gpu in self.gpus:
                 if len(taken) == count:
                     break
-                held = _lock_file(self._gpu_path(gpu), blocking=False)
+                held = lock_file(self._gpu_path(gpu), blocking=False)
                 if held is not None:
                     taken.append((gpu, held))
             if len(taken) < count:

@@ -9,7 +9,9 @@
   kernel-selection test is skipped with a reason that says so.
 
 Selected per run with QUANTGATE_LAUNCHER=local|container|attach (default local), QUANTGATE_CONTAINER_IMAGE,
-QUANTGATE_CONTAINER_RUNTIME (podman, else docker), QUANTGATE_CONTAINER_ARGS (extra run flags).
+QUANTGATE_CONTAINER_RUNTIME (podman, else docker), QUANTGATE_CONTAINER_ARGS (extra run flags). Extra flags
+that open the network or grant privileges are refused unless QUANTGATE_CONTAINER_ALLOW_UNSAFE=1, which
+the report then warns about.
 This module only builds commands and settings; quantgate.engine runs them and quantgate.session picks one.
 """
 
@@ -34,6 +36,62 @@ GPU_FLAGS = {
 
 class LauncherError(QuantgateError, RuntimeError):
     """The launcher's settings are incomplete or its runtime is missing; the message says which."""
+
+
+# value flags whose argument decides whether they are safe; the rest of the unsafe ones are unsafe as such
+_NAMESPACE_FLAGS = ("--network", "--net", "--pid", "--userns", "--uts", "--cgroupns")
+_VOLUME_FLAGS = ("-v", "--volume", "--mount")
+_PUBLISH_FLAGS = ("-p", "--publish")
+_ALWAYS_UNSAFE = {"--privileged": "--privileged (every device and capability)", "--cap-add": "added capabilities",
+                  "-P": "every exposed port published", "--publish-all": "every exposed port published",
+                  "--device-cgroup-rule": "device cgroup rules"}
+# host folders a container must not see: the root, system state, and the container runtimes' own sockets
+_SENSITIVE_MOUNTS = ("/", "/etc", "/root", "/proc", "/sys", "/dev", "/boot", "/run", "/var/run", "/var/lib/docker",
+                     "/var/lib/containers")
+
+
+def _flag_value(args: list[str], i: int) -> tuple[str, str | None, int]:
+    """(flag, value, next index) for args[i]: `--flag=value`, `--flag value`, or a lone flag."""
+    arg = args[i]
+    if arg.startswith("--") and "=" in arg:
+        flag, value = arg.split("=", 1)
+        return flag, value, i + 1
+    if arg in _NAMESPACE_FLAGS + _VOLUME_FLAGS + _PUBLISH_FLAGS + ("--cap-add", "--security-opt"):
+        return arg, (args[i + 1] if i + 1 < len(args) else None), i + 2
+    if len(arg) > 2 and arg[:2] in ("-v", "-p") and not arg.startswith("--"):  # -v/:/host, -p8000:8000
+        return arg[:2], arg[2:].lstrip("="), i + 1
+    return arg, None, i + 1
+
+
+def _mount_source(flag: str, value: str) -> str:
+    if flag == "--mount":  # type=bind,source=/,target=/host
+        fields = dict(part.split("=", 1) for part in value.split(",") if "=" in part)
+        return fields.get("source") or fields.get("src") or ""
+    return value.split(":", 1)[0]
+
+
+def unsafe_container_args(args: tuple[str, ...]) -> list[str]:
+    """What each extra container flag would open: the host's network or namespaces, privileges, published
+    ports beyond 127.0.0.1, or host system folders. quantgate's own --ipc=host (vLLM's shared memory) and
+    --security-opt=label=disable (seed 001's GPU access) are not extra flags and are not judged here."""
+    found: list[str] = []
+    items, i = list(args), 0
+    while i < len(items):
+        flag, value, i = _flag_value(items, i)
+        if flag in _ALWAYS_UNSAFE and not (flag == "--privileged" and value == "false"):
+            found.append(f"{flag}{'=' + value if value else ''}: {_ALWAYS_UNSAFE[flag]}")
+        elif flag in _NAMESPACE_FLAGS and value is not None and (value == "host" or value.startswith("container:")):
+            found.append(f"{flag} {value}: the host's {flag.lstrip('-')} namespace")
+        elif flag in _PUBLISH_FLAGS and value is not None and not value.startswith(("127.0.0.1:", "[::1]:")):
+            found.append(f"{flag} {value}: a port published beyond 127.0.0.1")
+        elif flag == "--security-opt" and value is not None and "unconfined" in value:
+            found.append(f"{flag} {value}: confinement switched off")
+        elif flag in _VOLUME_FLAGS and value is not None:
+            source = os.path.normpath(_mount_source(flag, value)) if _mount_source(flag, value) else ""
+            if source and (source in _SENSITIVE_MOUNTS or source.endswith(".sock") or any(
+                    source.startswith(m + "/") for m in _SENSITIVE_MOUNTS if m not in ("/",))):
+                found.append(f"{flag} {value}: the host's {source} mounted in the container")
+    return found
 
 
 @dataclass(frozen=True)
@@ -72,8 +130,17 @@ def from_env(env: dict[str, str] | None = None) -> LauncherSettings:
         runtime = env.get("QUANTGATE_CONTAINER_RUNTIME") or ("podman" if shutil.which("podman") else "docker")
         if runtime not in GPU_FLAGS:
             raise LauncherError(f"QUANTGATE_CONTAINER_RUNTIME={runtime!r}: use podman or docker")
-        extra = tuple(shlex.split(env.get("QUANTGATE_CONTAINER_ARGS", "")))
-        return LauncherSettings("container", container=ContainerSpec(image, runtime, extra))
+        try:
+            extra = tuple(shlex.split(env.get("QUANTGATE_CONTAINER_ARGS", "")))
+        except ValueError as exc:
+            raise LauncherError(f"QUANTGATE_CONTAINER_ARGS: {exc}") from None
+        unsafe = unsafe_container_args(extra)
+        if unsafe and env.get("QUANTGATE_CONTAINER_ALLOW_UNSAFE") != "1":
+            raise LauncherError(f"QUANTGATE_CONTAINER_ARGS refused: {'; '.join(unsafe)} (an engine under test "
+                                f"stays private and unprivileged; set QUANTGATE_CONTAINER_ALLOW_UNSAFE=1 to "
+                                f"allow it anyway, and the report will say so)")
+        notes = tuple(f"QUANTGATE_CONTAINER_ALLOW_UNSAFE=1: the engine container ran with {u}" for u in unsafe)
+        return LauncherSettings("container", container=ContainerSpec(image, runtime, extra), notes=notes)
     if kind == "attach":
         url = env.get("QUANTGATE_ATTACH_URL")
         if not url:

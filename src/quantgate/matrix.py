@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -29,7 +30,17 @@ MAX_SPEC_TOKENS = 8
 _CONFIG_KEYS = {
     "id", "label", "model", "quantization", "speculative", "env", "serve_args", "hardware",
     "expected_failure", "max_model_len", "reference", "tags", "workloads",
+    "expected_slow", "budget_s",  # branch amx's keys: validated here, used there
 }
+# A config id names files: baselines/<hw>/<id>.json and results/<run>/<id>/. It must not climb out of those
+# folders or land on a file quantgate writes itself (noise.json, workers/, report.md, kernels/ ...).
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+-]*(?:\.[A-Za-z0-9_+-]+)*")
+RESERVED_IDS = frozenset({"noise", "workers", "kernels", "report", "summary"})
+_RESERVED_SUFFIXES = (".json", ".md", ".png", ".log", ".tmp", ".lock", ".toml")
+# vLLM's bind address and port belong to quantgate (127.0.0.1, a free port); --config may carry either
+_FORBIDDEN_SERVE_ARGS = ("--host", "--port", "--config")
+_RESERVED_ENV = frozenset({"VLLM_API_KEY"})  # quantgate's random per-engine key; a matrix must not pin it
+_MAX_TOKENS = 1 << 24
 WORKLOADS = ("grid", "benchy", "concurrency", "accuracy")
 _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", "prompt_lookup_min", "extra"}
 _WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "settle_s"}
@@ -161,8 +172,21 @@ class Matrix:
         return tuple(c for c in self.configs if c.applies_to(hardware_id))
 
 
-def _expand(value: str) -> str:
-    """Model paths may name the user's settings: ${QUANTGATE_MODELS}/Qwen3-Coder-30B-A3B-AWQ."""
+_VAR = re.compile(r"\$(?:\{([^}]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def _expand(value: str, where: str = "", key: str = "path", *, strict: bool = True) -> str:
+    """Model paths may name the user's settings: ${QUANTGATE_MODELS}/Qwen3-Coder-30B-A3B-AWQ. An unset
+    variable is an error: left in as text it would name a folder nobody meant. Model paths are not strict
+    here: a GPU config's ${QUANTGATE_MODELS} need only be set where it runs (check_variables)."""
+    for braced, bare in _VAR.findall(value):
+        name = braced or bare
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise MatrixError(f"{where}: {key} {value!r}: ${{{name}}} is not a variable name")
+        if strict and name not in os.environ:
+            raise MatrixError(f"{where}: {key} {value!r} names ${name}, which is not set in the environment")
+    if "\0" in value:
+        raise MatrixError(f"{where}: {key} {value!r} contains a NUL character")
     return os.path.expanduser(os.path.expandvars(value))
 
 
@@ -172,12 +196,81 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
         raise MatrixError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
-def _str_list(value: Any, where: str, key: str) -> tuple[str, ...]:
-    if isinstance(value, str):
+def _str_list(value: Any, where: str, key: str, *, one_string: bool = True) -> tuple[str, ...]:
+    if isinstance(value, str) and one_string:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise MatrixError(f"{where}: {key} must be a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _table(value: Any, where: str, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise MatrixError(f"{where}: {key} must be a table, got {value!r}")
+    return value
+
+
+def _int(value: Any, where: str, key: str, low: int, high: int = _MAX_TOKENS) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise MatrixError(f"{where}: {key} must be an integer {low}..{high}, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str, key: str, low: float, high: float, *, low_open: bool = False) -> float:
+    """A finite TOML number in [low, high] (or (low, high] with low_open); bools are not numbers here."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and (value > low if low_open else value >= low) and value <= high:
+        return float(value)
+    bounds = f"{'>' if low_open else '>='} {low:g} and <= {high:g}"
+    raise MatrixError(f"{where}: {key} must be a number {bounds}, got {value!r}")
+
+
+def _check_id(cid: Any, path: Path) -> str:
+    if not isinstance(cid, str) or not cid or any(c in cid for c in " /[]"):
+        raise MatrixError(f"{path}: config id must be a non-empty string without spaces, '/' or brackets, got {cid!r}")
+    if not _ID_PATTERN.fullmatch(cid) or len(cid) > 100:
+        raise MatrixError(f"{path}: config id {cid!r} must be letters, digits, '-', '_', '+' and inner dots "
+                          f"(it names files under baselines/ and results/), at most 100 characters")
+    if cid.lower() in RESERVED_IDS or cid.lower().endswith(_RESERVED_SUFFIXES):
+        raise MatrixError(f"{path}: config id {cid!r} is reserved: it would collide with quantgate's own files "
+                          f"(reserved: {', '.join(sorted(RESERVED_IDS))} and names ending in "
+                          f"{', '.join(_RESERVED_SUFFIXES)})")
+    return cid
+
+
+def _check_env(env: Any, where: str, key: str = "env") -> dict[str, str]:
+    env = _table(env, where, key)
+    for name, value in env.items():
+        if not isinstance(value, str):
+            raise MatrixError(f"{where}: env var {name} must be a string, got {value!r} (quote it in TOML)")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise MatrixError(f"{where}: env var name {name!r} is not a valid environment variable name")
+        if name.upper() in _RESERVED_ENV:
+            raise MatrixError(f"{where}: env sets {name}: quantgate gives each engine its own random API key; "
+                              f"a matrix must not pin it")
+        if "\0" in value:
+            raise MatrixError(f"{where}: env var {name} contains a NUL character")
+    return dict(env)
+
+
+def forbidden_serve_arg(arg: str) -> str | None:
+    """The reserved flag an argument sets (any spelling: --host, --host=0.0.0.0, --HOST, an argparse
+    abbreviation such as --hos), or None."""
+    name = arg.split("=", 1)[0].lower().replace("_", "-")
+    if not name.startswith("--") or len(name) < 4:
+        return None
+    return next((flag for flag in _FORBIDDEN_SERVE_ARGS if flag.startswith(name)), None)
+
+
+def check_serve_args(args: tuple[str, ...], where: str) -> tuple[str, ...]:
+    for arg in args:
+        flag = forbidden_serve_arg(arg)
+        if flag is not None:
+            raise MatrixError(f"{where}: serve argument {arg!r} sets {flag}, which quantgate owns (engines bind "
+                              f"127.0.0.1 on a port it picks; --config could set either)")
+        if "\0" in arg:
+            raise MatrixError(f"{where}: serve argument {arg!r} contains a NUL character")
+    return args
 
 
 def _parse_speculative(raw: Any, where: str) -> Speculative | None:
@@ -198,42 +291,43 @@ def _parse_speculative(raw: Any, where: str) -> Speculative | None:
     if model is not None and not isinstance(model, (str, dict)):
         raise MatrixError(f"{where}: speculative model must be a path or a recipe table, got {model!r}")
     if isinstance(model, str):
-        model = _expand(model)
+        model = _expand(model, where, "speculative model", strict=False)
     extra = raw.get("extra", {})
     if not isinstance(extra, dict):
         raise MatrixError(f"{where}: speculative extra must be a table, got {extra!r}")
+    lookup = {k: _int(raw[k], where, f"speculative {k}", 1, 1024)
+              for k in ("prompt_lookup_max", "prompt_lookup_min") if raw.get(k) is not None}
     return Speculative(
         method=method, num_speculative_tokens=nst, model=model,
-        prompt_lookup_max=raw.get("prompt_lookup_max"), prompt_lookup_min=raw.get("prompt_lookup_min"),
+        prompt_lookup_max=lookup.get("prompt_lookup_max"), prompt_lookup_min=lookup.get("prompt_lookup_min"),
         extra=extra,
     )
 
 
-def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Path) -> EngineConfig:
-    cid = raw.get("id")
-    if not isinstance(cid, str) or not cid or any(c in cid for c in " /[]"):
-        raise MatrixError(f"{path}: config id must be a non-empty string without spaces, '/' or brackets, got {cid!r}")
+def _parse_config(raw: Any, defaults: Mapping[str, Any], path: Path) -> EngineConfig:
+    if not isinstance(raw, dict):
+        raise MatrixError(f"{path}: every [[config]] entry must be a table, got {raw!r}")
+    cid = _check_id(raw.get("id"), path)
     where = f"{path}: config {cid!r}"
     _check_keys(raw, _CONFIG_KEYS, where)
     merged = {**defaults, **raw}
-    env_raw = {**defaults.get("env", {}), **raw.get("env", {})}
-    for key, value in env_raw.items():
-        if not isinstance(value, str):
-            raise MatrixError(f"{where}: env var {key} must be a string, got {value!r} (quote it in TOML)")
+    env_raw = {**_check_env(defaults.get("env", {}), f"{path}: [defaults]"), **_check_env(raw.get("env", {}), where)}
     model = merged.get("model")
     if model is None:
         raise MatrixError(f"{where}: missing 'model' (a path or a recipe table such as {{recipe = 'qwen3-dense'}})")
     if isinstance(model, str):
-        model = _expand(model)
+        model = _expand(model, where, "model", strict=False)
     elif not isinstance(model, dict):
         raise MatrixError(f"{where}: model must be a path or a recipe table, got {model!r}")
     quant = merged.get("quantization")
     if quant is None:
         quant = (model.get("quantization") if isinstance(model, dict) else None) or "bf16"
-    if quant not in QUANTIZATIONS:
+    if not isinstance(quant, str) or quant not in QUANTIZATIONS:
         raise MatrixError(f"{where}: unknown quantization {quant!r} (known: {', '.join(QUANTIZATIONS)})")
     hardware = _str_list(merged.get("hardware", ["cpu"]), where, "hardware")
-    serve_args = tuple(defaults.get("serve_args", ())) + _str_list(raw.get("serve_args", []), where, "serve_args")
+    serve_args = check_serve_args(
+        _str_list(defaults.get("serve_args", []), f"{path}: [defaults]", "serve_args", one_string=False)
+        + _str_list(raw.get("serve_args", []), where, "serve_args", one_string=False), where)
     xfail = merged.get("expected_failure")
     expected = None
     if xfail is not None:
@@ -249,9 +343,8 @@ def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Pat
             raise MatrixError(f"{where}: expected_failure has unknown key {unknown[0]!r}")
         expected = ExpectedFailure(reason=xfail["reason"], stage=stage,
                                    hardware=_str_list(xfail.get("hardware", []), where, "expected_failure hardware"))
-    mml = merged.get("max_model_len", 4096)
-    if not isinstance(mml, int) or mml < 64:
-        raise MatrixError(f"{where}: max_model_len must be an integer >= 64, got {mml!r}")
+    mml = _int(merged.get("max_model_len", 4096), where, "max_model_len", 64)
+    _check_amx_keys(merged, where)
     workloads = _str_list(merged.get("workloads", ["grid"]), where, "workloads")
     unknown_workloads = sorted(set(workloads) - set(WORKLOADS))
     if unknown_workloads or not workloads:
@@ -262,52 +355,92 @@ def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Pat
         id=cid, model=model, quantization=quant, hardware=hardware,
         speculative=_parse_speculative(merged.get("speculative"), where),
         env=env_raw, serve_args=serve_args, max_model_len=mml, expected_failure=expected,
-        label=str(merged.get("label", "")), tags=_str_list(merged.get("tags", []), where, "tags"),
+        label=_label(merged.get("label", ""), where), tags=_str_list(merged.get("tags", []), where, "tags"),
         source=where,
     )
 
 
-def _parse_workload(raw: Mapping[str, Any], path: Path) -> WorkloadSettings:
+def _label(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise MatrixError(f"{where}: label must be a string, got {value!r}")
+    return value
+
+
+def _check_amx_keys(merged: Mapping[str, Any], where: str) -> None:
+    """expected_slow = {reason, hardware} and budget_s (seconds > 0), from defaults or the config."""
+    slow = merged.get("expected_slow")
+    if slow is not None:
+        slow = _table(slow, where, "expected_slow")
+        _check_keys(slow, {"reason", "hardware"}, f"{where} expected_slow")
+        if not isinstance(slow.get("reason"), str) or not slow["reason"]:
+            raise MatrixError(f"{where}: expected_slow needs a 'reason' string, got {slow.get('reason')!r}")
+        _str_list(slow.get("hardware", []), where, "expected_slow hardware")
+    if merged.get("budget_s") is not None:
+        _number(merged["budget_s"], where, "budget_s", 0.0, 7 * 24 * 3600.0, low_open=True)
+
+
+def _is_count(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= _MAX_TOKENS
+
+
+def _parse_workload(raw: Any, path: Path) -> WorkloadSettings:
     where = f"{path}: [workload]"
+    raw = _table(raw, str(path), "[workload]")
     _check_keys(raw, _WORKLOAD_KEYS, where)
     base = WorkloadSettings()
     outputs = raw.get("outputs", base.outputs)
-    if not isinstance(outputs, dict) or not outputs or not all(
-        isinstance(v, int) and v > 1 for v in outputs.values()
-    ):
-        raise MatrixError(f"{where}: outputs must map names to token counts > 1, got {outputs!r}")
+    if not isinstance(outputs, dict) or not outputs or not all(_is_count(v, 2) for v in outputs.values()) or any(
+            c in name for name in outputs for c in ",=[]"):  # the names go into figure keys: out=<name>
+        raise MatrixError(f"{where}: outputs must map names (no ',', '=' or brackets) to token counts "
+                          f"2..{_MAX_TOKENS}, got {outputs!r}")
     for name in outputs:  # an output name is part of every figure name of its cells: decode_tps[ctx=0,out=NAME]
         if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             raise MatrixError(f"{where}: output name {name!r} must be letters, digits or _ . + -")
     contexts = raw.get("contexts", list(base.contexts))
-    if not isinstance(contexts, list) or not all(isinstance(c, int) and c >= 0 for c in contexts):
-        raise MatrixError(f"{where}: contexts must be a list of token counts >= 0, got {contexts!r}")
-    repeats = raw.get("repeats", base.repeats)
-    if not isinstance(repeats, int) or repeats < 1:
-        raise MatrixError(f"{where}: repeats must be an integer >= 1, got {repeats!r}")
-    warmup = raw.get("warmup", base.warmup)
-    if not isinstance(warmup, int) or warmup < 0:
-        raise MatrixError(f"{where}: warmup must be an integer >= 0, got {warmup!r}")
+    if not isinstance(contexts, list) or not all(_is_count(c, 0) for c in contexts):
+        raise MatrixError(f"{where}: contexts must be a list of token counts 0..{_MAX_TOKENS}, got {contexts!r}")
+    repeats = _int(raw.get("repeats", base.repeats), where, "repeats", 1, 10_000)
+    warmup = _int(raw.get("warmup", base.warmup), where, "warmup", 0, 10_000)
+    day = 24 * 3600.0
     return WorkloadSettings(
         outputs=dict(outputs), contexts=tuple(contexts), repeats=repeats, warmup=warmup,
-        request_timeout_s=float(raw.get("request_timeout_s", base.request_timeout_s)),
-        settle_s=float(raw.get("settle_s", base.settle_s)),
+        request_timeout_s=_number(raw.get("request_timeout_s", base.request_timeout_s), where,
+                                  "request_timeout_s", 0.0, day, low_open=True),
+        settle_s=_number(raw.get("settle_s", base.settle_s), where, "settle_s", 0.0, day),
     )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise MatrixError(f"{path}: matrix file not found") from None
+    except OSError as exc:
+        raise MatrixError(f"{path}: cannot read the matrix file ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a Latin-1 file, say: TOML is UTF-8 by definition
+        line = raw[:exc.start].count(b"\n") + 1
+        raise MatrixError(f"{path}: not UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}); "
+                          f"TOML files must be UTF-8 encoded") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # the message carries "(at line L, column C)"
+        raise MatrixError(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # thousands of nested arrays: tomllib recurses
+        raise MatrixError(f"{path}: invalid TOML: nested too deeply") from None
 
 
 def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MatrixError(f"{path}: matrix file not found") from None
-    except tomllib.TOMLDecodeError as exc:  # the message carries "(at line L, column C)"
-        raise MatrixError(f"{path}: invalid TOML: {exc}") from None
+    data = _read_toml(path)
     _check_keys(data, _TOP_KEYS, str(path))
-    defaults = data.get("defaults", {})
+    defaults = _table(data.get("defaults", {}), str(path), "[defaults]")
+    _check_keys(defaults, _CONFIG_KEYS - {"id"}, f"{path}: [defaults]")
     raw_configs = data.get("config", [])
     if not isinstance(raw_configs, list) or not raw_configs:
-        raise MatrixError(f"{path}: no [[config]] entries")
+        raise MatrixError(f"{path}: no [[config]] entries (config must be an array of tables, got "
+                          f"{raw_configs!r})")
     configs: list[EngineConfig] = []
     seen: set[str] = set()
     for raw in raw_configs:
@@ -316,13 +449,17 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
             raise MatrixError(f"{path}: duplicate config id {cfg.id!r}")
         seen.add(cfg.id)
         configs.append(cfg)
-    gate_raw = data.get("gate", {})
+    gate_raw = _table(data.get("gate", {}), str(path), "[gate]")
     _check_keys(gate_raw, _GATE_KEYS, f"{path}: [gate]")
     gate = GateSettings(
         mode=gate_raw.get("mode", "absolute"), reference=gate_raw.get("reference"),
-        default_tolerance=float(gate_raw.get("default_tolerance", 0.25)),
+        # a tolerance is a fraction of the baseline: 1.0 already lets a figure halve (or double) unnoticed
+        default_tolerance=_number(gate_raw.get("default_tolerance", 0.25), f"{path}: [gate]", "default_tolerance",
+                                  0.0, 1.0, low_open=True),
     )
-    if gate.mode not in get_args(GateMode):
+    if not isinstance(gate.reference, (str, type(None))):
+        raise MatrixError(f"{path}: [gate] reference must be a config id string, got {gate.reference!r}")
+    if not isinstance(gate.mode, str) or gate.mode not in get_args(GateMode):
         raise MatrixError(f"{path}: [gate] mode must be 'absolute' or 'relative', got {gate.mode!r}")
     if gate.mode == "relative" and gate.reference not in seen:
         raise MatrixError(f"{path}: [gate] reference {gate.reference!r} is not a config id of this matrix")
@@ -337,9 +474,7 @@ _S = TypeVar("_S", BenchySettings, SweepSettings)
 
 def _settings_table(data: Mapping[str, Any], cls: type[_S], name: str, path: Path) -> _S:
     """[benchy] / [concurrency]: BenchySettings / SweepSettings built once, here (lists become tuples)."""
-    table = data.get(name, {})
-    if not isinstance(table, dict):
-        raise MatrixError(f"{path}: [{name}] must be a table, got {table!r}")
+    table = _table(data.get(name, {}), str(path), f"[{name}]")
     allowed = {f.name for f in fields(cls)} - {"max_model_len"}
     _check_keys(table, allowed, f"{path}: [{name}]")
     out: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
@@ -349,13 +484,19 @@ def _settings_table(data: Mapping[str, Any], cls: type[_S], name: str, path: Pat
         raise MatrixError(f"{path}: [{name}]: {exc}") from None
 
 
-def _parse_accuracy(raw: Mapping[str, Any], path: Path) -> AccuracySettings:
-    _check_keys(raw, _ACCURACY_KEYS, f"{path}: [accuracy]")
+def _parse_accuracy(raw: Any, path: Path) -> AccuracySettings:
+    where = f"{path}: [accuracy]"
+    raw = _table(raw, str(path), "[accuracy]")
+    _check_keys(raw, _ACCURACY_KEYS, where)
     settings = AccuracySettings(**raw)
-    if not isinstance(settings.problems, int) or settings.problems < 50 and settings.path is None:
-        raise MatrixError(f"{path}: [accuracy] problems must be an integer >= 50, got {settings.problems!r}")
+    if settings.path is not None and not isinstance(settings.path, str):
+        raise MatrixError(f"{where} path must be a string, got {settings.path!r}")
+    _int(settings.problems, where, "problems", 1 if settings.path is not None else 50, 1_000_000)
+    _int(settings.seed, where, "seed", -(2**63), 2**63 - 1)
+    _int(settings.max_tokens, where, "max_tokens", 1)
+    _int(settings.concurrency, where, "concurrency", 1, 4096)
     if settings.path is not None:
-        resolved = (path.parent / _expand(settings.path)).resolve()
+        resolved = (path.parent / _expand(settings.path, where, "path")).resolve()
         settings = AccuracySettings(**{**raw, "path": str(resolved)})
     return settings
 
@@ -376,12 +517,34 @@ def matrix_files(files: list[str], patterns: list[str], root: Path) -> list[Path
     return paths
 
 
-def load_matrices(paths: list[Path]) -> tuple[Matrix, ...]:
+def unset_variables(cfg: EngineConfig) -> list[tuple[str, str]]:
+    """(key, variable) for each ${VAR} a config's model paths name that was not set when it was loaded
+    (expandvars leaves those as text)."""
+    paths: list[tuple[str, Any]] = [("model", cfg.model)]
+    if cfg.speculative is not None:
+        paths.append(("speculative model", cfg.speculative.model))
+    return [(key, braced or bare) for key, value in paths if isinstance(value, str)
+            for braced, bare in _VAR.findall(value)]
+
+
+def check_variables(matrices: tuple[Matrix, ...], hardware_id: str) -> None:
+    """Every config that runs on this machine has its model path variables set."""
+    for matrix in matrices:
+        for cfg in matrix.for_hardware(hardware_id):
+            for key, name in unset_variables(cfg):
+                raise MatrixError(f"{cfg.source}: {key} names ${name}, which is not set in the environment "
+                                  f"(the config runs on {hardware_id})")
+
+
+def load_matrices(paths: list[Path], hardware_id: str | None = None) -> tuple[Matrix, ...]:
     """Several files (one per hardware family, say) each keep their own workload and gate settings;
-    config ids must be unique across them because baselines are keyed by id."""
+    config ids must be unique across them because baselines are keyed by id. With hardware_id, the configs
+    that run there must have their ${VAR}s set."""
     if not paths:
         raise MatrixError("no matrix files given")
     matrices = tuple(load_matrix(p) for p in paths)
+    if hardware_id is not None:
+        check_variables(matrices, hardware_id)
     seen: dict[str, Path] = {}
     for matrix in matrices:
         for cfg in matrix.configs:

@@ -436,21 +436,25 @@ def cached_model(recipe: ModelRecipe, cache_dir: Path | None = None) -> Path | N
     return path if _complete(path) else None
 
 
-def find_quant_python(start: Path | None = None) -> Path | None:
-    """The quantizer's interpreter: $QUANTGATE_QUANT_PYTHON, else .venv-quant/bin/python in `start`
-    (default: the current directory) or a parent."""
+def _checkout_root() -> Path | None:
+    """The repository quantgate runs from when it is a source checkout (an editable install), else None."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "src" / "quantgate").is_dir() else None
+
+
+def find_quant_python() -> Path | None:
+    """The quantizer's interpreter: $QUANTGATE_QUANT_PYTHON, else .venv-quant/bin/python beside the running
+    interpreter's venv (<repo>/.venv -> <repo>/.venv-quant) or in quantgate's own checkout. Never the working
+    directory or its parents: a `.venv-quant` planted in /tmp would run as the quantizer."""
     env = os.environ.get("QUANTGATE_QUANT_PYTHON")
     if env:
         path = Path(env).expanduser()
         if not path.exists():
             raise ModelError(f"QUANTGATE_QUANT_PYTHON={env} does not exist")
         return path
-    here = Path(start or Path.cwd()).resolve()
-    # beside the running interpreter's venv too (<repo>/.venv -> <repo>/.venv-quant): pytest may run from
-    # another folder (a pytester tmp dir, another repo using quantgate's checkout)
-    for folder in (here, *here.parents, Path(sys.prefix).resolve().parent):
-        candidate = folder / ".venv-quant" / "bin" / "python"
-        if candidate.exists():
+    for folder in (Path(sys.prefix).resolve().parent, _checkout_root()):
+        candidate = folder / ".venv-quant" / "bin" / "python" if folder is not None else None
+        if candidate is not None and candidate.exists():
             return candidate
     return None
 
@@ -466,12 +470,10 @@ def _lock(path: Path) -> Iterator[bool]:
     if fcntl is None:  # pragma: no cover
         yield False
         return
-    with open(path, "a+b") as fh:  # the lock file stays: deleting it would race with waiters
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    from .locks import locked
+
+    with locked(path):
+        yield True
 
 
 def _temp_dirs(final: Path) -> list[Path]:

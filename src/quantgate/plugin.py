@@ -10,7 +10,7 @@ import json
 import re
 import signal
 from collections import Counter, defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from .hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
 from .kernels import KernelRecord, diff_records
 from .launchers import LauncherError
 from .launchers import from_env as launcher_from_env
-from .matrix import DEFAULT_MATRIX_GLOBS, EngineConfig, MatrixError, load_matrices, matrix_files
+from .matrix import DEFAULT_MATRIX_GLOBS, EngineConfig, MatrixError, check_serve_args, load_matrices, matrix_files
 from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
@@ -67,6 +67,8 @@ class QuantgateState:
         self.ran_figures: dict[str, set[str]] = defaultdict(set)
         self.verdicts: list[Verdict] = []
         self.updated: list[Path] = []
+        # "<file>: <cause>" for every baseline or kernel snapshot a refresh failed to write: the run fails
+        self.write_failures: list[str] = []
         self.report_paths: list[Path] = []
         # pytest-xdist workers share the controller's run id, hence one results folder and one report
         workerinput = getattr(config, "workerinput", None)
@@ -92,7 +94,9 @@ class QuantgateState:
         if self._run is None:
             paths = matrix_files(self.config.getoption("qg_matrix"), self.config.getini("quantgate_matrix"),
                                  Path(self.config.rootpath))
-            matrices = load_matrices(paths)
+            hardware = detect()
+            matrices = load_matrices(paths, hardware.id)
+            check_serve_args(tuple(self.config.getoption("qg_serve_arg")), "--qg-serve-arg")
             settings = Settings(
                 results_dir=self._path("qg_results", "quantgate_results"),
                 baselines_dir=self._path("qg_baselines", "quantgate_baselines"),
@@ -108,7 +112,7 @@ class QuantgateState:
                 if tr is not None:
                     tr.write_line(msg)
 
-            self._run = Run(matrices, detect(), settings, run_id=self.run_id, log=log)
+            self._run = Run(matrices, hardware, settings, run_id=self.run_id, log=log)
         return self._run
 
     @property
@@ -312,11 +316,7 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
     run = state.run
     if state.update and cid in state.ran_figures:
         state.ran_figures.pop(cid)
-        try:
-            # the whole grid was measured anyway: record every figure, gated or not, with its raw samples
-            state.updated.append(run.update_baseline(cid))
-        except Exception as exc:  # the engine never came up; nothing to record, the test says why
-            run.log(f"quantgate: baseline for {cid!r} not updated: {exc}")
+        _refresh_baseline(state, cid)
     if any(run.reference_of(other) == cid and n > 0 for other, n in state.remaining.items()):
         # configs still to come are gated as ratios to this one: measure it before its engine goes
         with contextlib.suppress(Exception):
@@ -329,6 +329,32 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
     for ref in {run.reference_of(c) for c in state.remaining} - {None}:
         if ref is not None and state.remaining.get(ref, 0) <= 0:
             run.release(ref)
+
+
+def _refresh_baseline(state: QuantgateState, cid: str) -> None:
+    """Record the config's figures; a measurement that never happened is the tests' failure to report, but a
+    measurement that could not be written is the refresh's own failure and must fail the run."""
+    run = state.run
+    try:
+        run.measurement(cid)
+    except Exception as exc:  # the engine never came up or died: nothing to record, the tests say why
+        run.log(f"quantgate: baseline for {cid!r} not updated (no measurement): {exc}")
+        return
+    try:
+        # the whole grid was measured anyway: record every figure, gated or not, with its raw samples
+        state.updated.append(run.update_baseline(cid))
+    except Exception as exc:
+        _write_failed(state, run.store.path(run.hardware.id, cid), exc, config_id=cid)
+
+
+def _write_failed(state: QuantgateState, path: Path | str, exc: BaseException, config_id: str | None = None) -> None:
+    line = f"{path}: not written: {type(exc).__name__}: {exc}"
+    state.write_failures.append(line)
+    if state._run is not None:
+        state.run.log(f"quantgate: {line}")
+    if config_id is not None:  # its figures were reported UPDATED when measured: they were not
+        state.verdicts = [replace(v, outcome="unwritten") if v.config_id == config_id and v.outcome == "updated"
+                          else v for v in state.verdicts]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -355,14 +381,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     finally:
         run.close()
         engine_mod.stop_all()
+        if state.write_failures and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a refresh that wrote nothing never succeeds
 
 
 def _save_worker_part(run: Run, state: QuantgateState, worker: str) -> None:
-    if not state.verdicts and not state.updated:
+    if not state.verdicts and not state.updated and not state.write_failures:
         return
     folder = run.results / "workers"
     folder.mkdir(parents=True, exist_ok=True)
-    body = {"verdicts": [asdict(v) for v in state.verdicts], "updated": [str(p) for p in state.updated]}
+    body = {"verdicts": [asdict(v) for v in state.verdicts], "updated": [str(p) for p in state.updated],
+            "write_failures": state.write_failures}
     atomic_write(folder / f"{worker}.json", json.dumps(body, default=str))
 
 
@@ -374,6 +403,7 @@ def _load_worker_parts(run: Run, state: QuantgateState) -> None:
             v["interval"] = tuple(v["interval"]) if v.get("interval") else None
             state.verdicts.append(Verdict(**v))
         state.updated += [Path(p) for p in body.get("updated", [])]
+        state.write_failures += body.get("write_failures", [])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -382,7 +412,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or (not state.verdicts and not state.report_paths and not state.updated):
+    if state is None or (not state.verdicts and not state.report_paths and not state.updated
+                         and not state.write_failures):
         return
     tr = terminalreporter
     tr.write_sep("=", "quantgate verdicts")
@@ -396,6 +427,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                       f"now {v.measured:>9.4g} {delta:>7} tol {tol}")
     for path in state.updated:
         tr.write_line(f"baseline written: {path}")
+    for line in state.write_failures:
+        tr.write_line(f"REFRESH FAILED: {line}", red=True)
     for path in state.report_paths:
         tr.write_line(f"report: {path}")
 
@@ -520,5 +553,28 @@ def qg_kernel_snapshot(request: pytest.FixtureRequest, snapshot: Any) -> Any:
         @classmethod
         def dirname(cls, *, test_location: Any) -> str:
             return str(folder / test_location.basename)
+
+        def read_snapshot_data_from_location(self, **kwargs: Any) -> Any:
+            try:
+                return super().read_snapshot_data_from_location(**kwargs)
+            except NotADirectoryError:  # a file where the folder goes: no snapshot; a refresh names the file
+                return None
+
+        @classmethod
+        def write_snapshot(cls, *, snapshot_location: str, **kwargs: Any) -> None:
+            # syrupy records a write error only as a failed comparison; name the file and fail the run too
+            try:
+                super().write_snapshot(snapshot_location=snapshot_location, **kwargs)
+            except Exception as exc:
+                _write_failed(state, snapshot_location, exc)
+                raise
+
+        @classmethod
+        def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: Any = None) -> None:
+            # the same temp-file-fsync-rename as the baselines: an interrupted refresh leaves the old snapshot
+            data = next(iter(snapshot_collection)).data
+            if not isinstance(data, str):
+                raise TypeError(f"kernel snapshot must serialize to text, got {type(data).__name__}")
+            atomic_write(Path(snapshot_collection.location), data)
 
     return snapshot.use_extension(PerHardwareKernels)

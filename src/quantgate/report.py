@@ -71,6 +71,8 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
            else "the client's streamed timing") + ".",
         "",
     ]
+    lines += [f"> **Warning:** {note}" for note in run.settings.launcher.notes]  # unsafe container flags
+    lines += [""] if run.settings.launcher.notes else []
     if verdicts:
         counts: dict[str, int] = {}
         for v in verdicts:

@@ -69,6 +69,48 @@ def test_corrupt_baseline_named(qg, pytester: pytest.Pytester) -> None:
     assert json.loads(path.read_text())["config"] == "w4"
 
 
+@pytest.mark.fault("baselines", "unwritable baselines/<hw> under --update-baselines",
+                   "exit non-zero; every baseline and kernel snapshot that was not written is named with its cause")
+def test_refresh_that_cannot_write_fails(qg, pytester: pytest.Pytester) -> None:
+    # root ignores file modes, so "read-only" is made with a FILE where the hardware folder must go: no
+    # process, privileged or not, can create baselines/cpu-test/ref.json then
+    (pytester.path / "baselines").mkdir()
+    blocker = pytester.path / "baselines" / HW
+    blocker.write_text("not a folder\n")
+    figures_only = qg("--update-baselines", "-k", "figure")  # no kernel snapshot test: the baselines alone
+    assert figures_only.ret != 0, figures_only.stdout.str()
+    figures_only.stdout.fnmatch_lines([f"*REFRESH FAILED: {blocker}/w4.json: not written: FileExistsError*"])
+    assert "UPDATED" not in figures_only.stdout.str()  # the summary does not claim what did not happen
+    everything = qg("--update-baselines")
+    assert everything.ret != 0
+    everything.stdout.fnmatch_lines([f"*REFRESH FAILED: {blocker}/ref.json: not written: *Error*"])
+    everything.stdout.fnmatch_lines([f"*REFRESH FAILED: {blocker}/kernels/test_gate/*ref*.json: not written*"])
+    assert blocker.read_text() == "not a folder\n"
+
+
+@pytest.mark.fault("baselines", "kernel snapshot write dies before its rename",
+                   "the old snapshot is intact (temp file, fsync, rename); the run fails naming the file")
+def test_kernel_snapshot_written_atomically(qg, pytester: pytest.Pytester) -> None:
+    qg("--update-baselines").assert_outcomes(passed=4, xfailed=3)
+    snap = next((pytester.path / "baselines" / HW / "kernels").rglob("*ref*.json"))
+    old = snap.read_text().replace("{", '{\n  "stale": "an earlier engine",', 1)
+    snap.write_text(old)  # differs from what the engine reports: the refresh must rewrite it
+    pytester.makeconftest(f"""
+import os
+_real = os.replace
+def _dies_before_rename(src, dst, *a, **k):
+    if str(dst) == {str(snap)!r}:
+        raise OSError(28, "No space left on device (simulated)")
+    return _real(src, dst, *a, **k)
+os.replace = _dies_before_rename
+""")
+    result = qg("--update-baselines", "-k", "ref")
+    assert result.ret != 0
+    assert f"REFRESH FAILED: {snap}: not written: OSError: [Errno 28] No space left" in result.stdout.str()
+    assert snap.read_text() == old  # syrupy's own open(..., "w") would have truncated it first
+    assert not list(snap.parent.glob("*.tmp"))
+
+
 @pytest.mark.fault("baselines", "missing baseline", "fails with 'no baseline ... --update-baselines', never passes")
 def test_missing_baseline_fails(qg, pytester: pytest.Pytester) -> None:
     result = qg("-k", "w4 and figure")
@@ -96,10 +138,16 @@ def test_api_key_never_written(qg, pytester: pytest.Pytester) -> None:
             assert key not in f.read_text()
 
 
+def _default_sigint() -> None:
+    # a terminal's Ctrl-C reaches a pytest whose SIGINT is the default; an ignored SIGINT inherited from the
+    # process running this test (seen once in a full `-n 2` run) would make Python keep ignoring it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "-m", "cpu", *args], cwd=pytester.path, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ), preexec_fn=_default_sigint,
     )
 
 

@@ -121,6 +121,32 @@ def test_container_launcher_runs_each_config_in_a_container(gate, pytester: pyte
     assert_no_engine_left(pytester.path)
 
 
+@pytest.mark.fault("security", "QUANTGATE_CONTAINER_ARGS=--privileged under pytest",
+                   "exit 4 naming the flag; with QUANTGATE_CONTAINER_ALLOW_UNSAFE=1 it runs and report.md warns")
+def test_unsafe_container_args_refused_or_reported(gate, pytester: pytest.Pytester,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    gate('[[config]]\nid = "c1"\n', "cpu-test")
+    bin_dir = pytester.path / "bin"
+    bin_dir.mkdir()
+    _script(bin_dir / "docker", FAKE_DOCKER)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_CALLS", str(pytester.path / "docker_calls.jsonl"))
+    monkeypatch.setenv("QUANTGATE_LAUNCHER", "container")
+    monkeypatch.setenv("QUANTGATE_CONTAINER_RUNTIME", "docker")
+    monkeypatch.setenv("QUANTGATE_CONTAINER_IMAGE", "vllm/vllm-openai:v0.26.0")
+    monkeypatch.setenv("QUANTGATE_CONTAINER_ARGS", "--privileged")
+    refused = pytester.runpytest_subprocess("-m", "cpu", "--update-baselines", timeout=240)
+    assert refused.ret == 4
+    refused.stderr.fnmatch_lines(["ERROR: quantgate: QUANTGATE_CONTAINER_ARGS refused: --privileged*"])
+    assert not (pytester.path / "docker_calls.jsonl").exists()  # nothing was started
+    monkeypatch.setenv("QUANTGATE_CONTAINER_ALLOW_UNSAFE", "1")
+    allowed = pytester.runpytest_subprocess("-m", "cpu", "--update-baselines", timeout=240)
+    allowed.assert_outcomes(passed=2)
+    report = next((pytester.path / "results").glob("*/report.md")).read_text()
+    assert "> **Warning:** QUANTGATE_CONTAINER_ALLOW_UNSAFE=1: the engine container ran with --privileged" in report
+    assert_no_engine_left(pytester.path)
+
+
 # --- attach ------------------------------------------------------------------------------------------------
 @pytest.fixture
 def server(pytester: pytest.Pytester):

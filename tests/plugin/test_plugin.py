@@ -108,3 +108,28 @@ def test_bad_matrix_is_a_usage_error(qg, pytester: pytest.Pytester) -> None:
     result = qg()
     assert result.ret == 4
     result.stderr.fnmatch_lines(["ERROR: quantgate: *matrix.toml: config 'x': unknown quantization 'int3'*"])
+
+
+@pytest.mark.fault(
+    "matrix",
+    "hostile matrix or option under pytest: config = [1], Latin-1 bytes, --host in serve_args or --qg-serve-arg",
+    "one 'ERROR: quantgate: ...' line and exit code 4, no INTERNALERROR",
+)
+@pytest.mark.parametrize(("body", "args", "line"), [
+    (b"config = [1]\n", (), "matrix.toml: every [[config]] entry must be a table, got 1"),
+    ('[[config]]\nid = "x"\nmodel = "/m"\nlabel = "d\u00e9j\u00e0"\n'.encode("latin-1"), (),
+     "*matrix.toml: not UTF-8 (byte 0xe9 on line 4)*"),
+    (b'[[config]]\nid = "x"\nmodel = "/m"\nserve_args = ["--host=0.0.0.0"]\n', (),
+     "*config 'x': serve argument '--host=0.0.0.0' sets --host*"),
+    (None, ("--qg-serve-arg=--port=80",), "*--qg-serve-arg: serve argument '--port=80' sets --port*"),
+], ids=["config-list-of-int", "latin-1", "host-in-serve-args", "port-in-qg-serve-arg"])
+def test_hostile_input_is_exit_4(qg, pytester: pytest.Pytester, body: bytes | None, args: tuple[str, ...],
+                                 line: str) -> None:
+    if body is not None:
+        (pytester.path / "matrix.toml").write_bytes(body)
+    result = qg(*args)
+    assert result.ret == 4, result.stdout.str() + result.stderr.str()
+    err = result.stderr.str()
+    assert "INTERNALERROR" not in result.stdout.str() + err
+    expected = line.strip("*")
+    assert "ERROR: quantgate: " in err and expected in err, err

@@ -78,6 +78,14 @@ def test_calibrate_without_matrix_names_where_it_looked(tmp_path: Path, monkeypa
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "pytest.ini").write_text("[pytest]\nquantgate_matrix = nothing/*.toml\n")
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["calibrate"]) == 2
+    assert cli.main(["calibrate"]) == 4  # a matrix problem exits 4, as under pytest
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no matrix files found (looked for ['nothing/*.toml'] under" in err
+def test_calibrate_bad_matrix_exits_4(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTGATE_HARDWARE", "cpu-avx2")
+    bad = tmp_path / "m.toml"
+    bad.write_text("config = [1]\n")
+    assert cli.main(["calibrate", "--matrix", str(bad)]) == 4  # the exit code pytest gives for the same file
+    err = capsys.readouterr().err
+    assert f"{bad}: every [[config]] entry must be a table" in err and len(err.strip().splitlines()) == 1

@@ -195,3 +195,11 @@ def test_engine_core_death_during_start_fails_fast(tmp_path: Path) -> None:
         engine_mod.wait_healthy(eng, timeout_s=300, poll_s=0.2)
     assert time.monotonic() - started < 30
     assert proc.poll() is not None  # stopped, not left polling
+
+
+def test_matrix_env_cannot_pin_the_api_key() -> None:
+    from dataclasses import replace as _replace
+
+    cfg = EngineConfig(id="x", model="/m", quantization="bf16", hardware=("cpu",))
+    env = engine_mod.engine_env(_replace(cfg, env={"VLLM_API_KEY": "pinned", "OTHER": "1"}), "k" * 32)
+    assert env["VLLM_API_KEY"] == "k" * 32 and env["OTHER"] == "1"

@@ -51,8 +51,8 @@ def test_settings_from_env(tmp_path) -> None:
     with pytest.raises(LauncherError, match="use local, container or attach"):
         from_env({"QUANTGATE_LAUNCHER": "k8s"})
     s = from_env({"QUANTGATE_LAUNCHER": "container", "QUANTGATE_CONTAINER_IMAGE": "i",
-                  "QUANTGATE_CONTAINER_RUNTIME": "docker", "QUANTGATE_CONTAINER_ARGS": "--network host"})
-    assert s.container == ContainerSpec("i", "docker", ("--network", "host"))
+                  "QUANTGATE_CONTAINER_RUNTIME": "docker", "QUANTGATE_CONTAINER_ARGS": "--network none -e A=1"})
+    assert s.container == ContainerSpec("i", "docker", ("--network", "none", "-e", "A=1")) and not s.notes
     a = from_env({"QUANTGATE_LAUNCHER": "attach", "QUANTGATE_ATTACH_URL": "http://127.0.0.1:8011/"})
     assert a.attach is not None and a.attach.base_url == "http://127.0.0.1:8011"
     text, why = attach_kernel_log(a.attach)
@@ -72,3 +72,31 @@ def test_container_is_never_privileged(runtime: str) -> None:
     assert not any("privileged" in part for part in cmd)
     assert "127.0.0.1:4321:" + cmd[cmd.index("-p") + 1].split(":")[-1] == cmd[cmd.index("-p") + 1]
     assert cmd[cmd.index("-e") + 1] == "VLLM_API_KEY"
+
+
+UNSAFE = ["--privileged", "--privileged=true", "--network host", "--network=host", "--net=host", "--cap-add SYS_ADMIN",
+          "--cap-add=ALL", "--pid host", "--pid=host", "--userns=host", "-v /:/host", "-v/:/host", "--volume=/etc:/e",
+          "--mount type=bind,source=/,target=/h", "-v /var/run/docker.sock:/s", "-p 8000:8000", "--publish=0.0.0.0:1:1",
+          "-P", "--security-opt seccomp=unconfined", "--network container:other"]
+
+
+@pytest.mark.fault("security", "QUANTGATE_CONTAINER_ARGS that open the network or grant privileges "
+                   "(--privileged, --network host, --cap-add, --pid host, -v /:/..., -p beyond 127.0.0.1)",
+                   "refused naming the flag, unless QUANTGATE_CONTAINER_ALLOW_UNSAFE=1 (then a warning in the report)")
+@pytest.mark.parametrize("args", UNSAFE)
+def test_unsafe_container_args_refused(args: str) -> None:
+    env = {"QUANTGATE_LAUNCHER": "container", "QUANTGATE_CONTAINER_IMAGE": "i", "QUANTGATE_CONTAINER_RUNTIME": "docker",
+           "QUANTGATE_CONTAINER_ARGS": f"-e A=1 {args}"}
+    with pytest.raises(LauncherError, match="QUANTGATE_CONTAINER_ARGS refused: .*QUANTGATE_CONTAINER_ALLOW_UNSAFE=1"):
+        from_env(env)
+    allowed = from_env({**env, "QUANTGATE_CONTAINER_ALLOW_UNSAFE": "1"})
+    assert allowed.notes and all("QUANTGATE_CONTAINER_ALLOW_UNSAFE=1" in n for n in allowed.notes)
+
+
+@pytest.mark.parametrize("args", ["--network none", "--privileged=false", "-v /data/models:/models:ro",
+                                  "-p 127.0.0.1:9000:9000", "--shm-size 32g", "--security-opt label=disable",
+                                  "-e HOME=/", "--mount type=bind,source=/data,target=/data"])
+def test_safe_container_args_pass(args: str) -> None:
+    s = from_env({"QUANTGATE_LAUNCHER": "container", "QUANTGATE_CONTAINER_IMAGE": "i",
+                  "QUANTGATE_CONTAINER_RUNTIME": "docker", "QUANTGATE_CONTAINER_ARGS": args})
+    assert s.container is not None and not s.notes

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import stat
 import time
 from pathlib import Path
 
 import pytest
 
 from quantgate.gpus import GpuLeaseError, GpuPool, gpus_needed, visible_gpus
+from quantgate.locks import LockError
 
 
 @pytest.mark.parametrize(("args", "n"), [
@@ -96,3 +99,35 @@ def test_a_crashed_holder_frees_its_gpus(tmp_path: Path) -> None:
     proc.join(10)
     lease = GpuPool(("0", "1"), tmp_path).acquire(2, "after", timeout_s=5, poll_s=0.05)
     assert lease.gpus == ("0", "1")
+
+
+@pytest.mark.fault("security", "GPU lock folder: pre-created by another user, writable by others, a symlink; "
+                   "a lock file planted as a symlink",
+                   "created 0700; a foreign, open or symlinked folder is refused naming it; lock files are opened "
+                   "with O_NOFOLLOW, so a planted symlink is refused and its target untouched")
+def test_gpu_lock_folder_is_private(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        pool = GpuPool(("0",), tmp_path / "fresh")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.lstat(pool.lock_dir).st_mode) == 0o700
+    squatted = tmp_path / "squatted"
+    squatted.mkdir(mode=0o700)
+    os.chown(squatted, 65534, 65534)  # as if another user had made it first (the tests run as root)
+    with pytest.raises(GpuLeaseError, match=rf"{squatted}: lock folder belongs to uid 65534"):
+        GpuPool(("0",), squatted)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(GpuLeaseError, match=rf"{shared}: lock folder is writable by others \(mode 777\)"):
+        GpuPool(("0",), shared)
+    (tmp_path / "link").symlink_to(tmp_path / "fresh")
+    with pytest.raises(GpuLeaseError, match="lock folder is a symbolic link"):
+        GpuPool(("0",), tmp_path / "link")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (pool.lock_dir / "gpu-0.lock").symlink_to(victim)
+    with pytest.raises(LockError, match=r"gpu-0.lock: lock file is a symbolic link"):
+        pool.acquire(1, "t", timeout_s=1)
+    assert victim.read_text() == "precious\n"

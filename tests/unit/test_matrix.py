@@ -77,7 +77,7 @@ def test_good_matrix_parses_every_field(tmp_path: Path, monkeypatch: pytest.Monk
         (lambda t: t.replace('EXTRA = "x"', "EXTRA = 1"), "env var EXTRA must be a string"),
         (lambda t: t.replace('model = "${QG_TEST_MODELS}/m"\n', ""), "config 'ngram': missing 'model'"),
         (lambda t: t.replace('reference = "bf16"', 'reference = "nope"'), "reference 'nope' is not a config id"),
-        (lambda t: t.replace("repeats = 2", "repeats = 0"), "repeats must be an integer >= 1"),
+        (lambda t: t.replace("repeats = 2", "repeats = 0"), "repeats must be an integer 1..10000, got 0"),
         (lambda t: t.replace("id = \"bf16\"", "id = \"a b\""), "config id must be a non-empty string"),
     ],
 )
@@ -156,3 +156,94 @@ def test_one_hardware_family_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     assert ExpectedFailure("x", hardware=("sm90",)).applies_to("sm90-h200")
     h = hardware.Hardware(id="sm90-h200", name="H200")
     assert h.marker == "sm90" and h.is_gpu
+HOSTILE = [
+    # (what, mutation of GOOD, text the one-line error must contain)
+    # top-level keys go first: after a [table] header they would belong to that table
+    ("config = [1]", lambda t: "config = [1]\n" + t.split("[[config]]")[0], "every [[config]] entry must be a table"),
+    ("defaults = 1", lambda t: "defaults = 1\n" + t.replace('[defaults]\nenv = { VLLM_CPU_KVCACHE_SPACE = "1" }', ""),
+     "[defaults] must be a table, got 1"),
+    ("env = \"X=1\"", lambda t: t.replace('env = { EXTRA = "x" }', 'env = "X=1"'), "env must be a table, got 'X=1'"),
+    ("string tolerance", lambda t: t.replace('reference = "bf16"', 'reference = "bf16"\ndefault_tolerance = "5%"'),
+     "default_tolerance must be a number > 0 and <= 1, got '5%'"),
+    ("negative tolerance", lambda t: t.replace('reference = "bf16"', 'reference = "bf16"\ndefault_tolerance = -0.1'),
+     "default_tolerance must be a number > 0 and <= 1"),
+    ("huge tolerance", lambda t: t.replace('reference = "bf16"', 'reference = "bf16"\ndefault_tolerance = 5.0'),
+     "default_tolerance must be a number > 0 and <= 1, got 5.0"),
+    ("serve_args a string", lambda t: t.replace('serve_args = ["--enforce-eager"]', 'serve_args = "--enforce-eager"'),
+     "serve_args must be a list of strings, got '--enforce-eager'"),
+    ("id noise", lambda t: t.replace('id = "ngram"', 'id = "noise"'), "config id 'noise' is reserved"),
+    ("id ..", lambda t: t.replace('id = "ngram"', 'id = ".."'), "config id '..' must be letters"),
+    ("id workers", lambda t: t.replace('id = "ngram"', 'id = "workers"'), "config id 'workers' is reserved"),
+    ("id report.md", lambda t: t.replace('id = "ngram"', 'id = "report.md"'), "config id 'report.md' is reserved"),
+    ("id with /", lambda t: t.replace('id = "ngram"', 'id = "a/b"'), "config id must be a non-empty string"),
+    ("contexts = [true]", lambda t: t.replace("contexts = [0, 128]", "contexts = [true]"),
+     "contexts must be a list of token counts"),
+    ("negative timeout", lambda t: t.replace("repeats = 2", "repeats = 2\nrequest_timeout_s = -1"),
+     "request_timeout_s must be a number > 0"),
+    ("string timeout", lambda t: t.replace("repeats = 2", "repeats = 2\nrequest_timeout_s = 'soon'"),
+     "request_timeout_s must be a number > 0"),
+    ("inf timeout", lambda t: t.replace("repeats = 2", "repeats = 2\nsettle_s = inf"), "settle_s must be a number"),
+    ("undefined var in a matrix-wide path", lambda t: t + '\n[accuracy]\npath = "${QG_NOT_SET_ANYWHERE}/gsm8k.jsonl"\n',
+     "names $QG_NOT_SET_ANYWHERE, which is not set"),
+    ("--host in serve_args", lambda t: t.replace('["--enforce-eager"]', '["--host", "0.0.0.0"]'),
+     "serve argument '--host' sets --host"),
+    ("--host= in serve_args", lambda t: t.replace('["--enforce-eager"]', '["--host=0.0.0.0"]'),
+     "serve argument '--host=0.0.0.0' sets --host"),
+    ("--port abbreviated", lambda t: t.replace('["--enforce-eager"]', '["--por", "80"]'),
+     "serve argument '--por' sets --port"),
+    ("--host in defaults", lambda t: t.replace("[defaults]\n", '[defaults]\nserve_args = ["--HOST=::"]\n'),
+     "sets --host"),
+    ("VLLM_API_KEY in env", lambda t: t.replace('EXTRA = "x"', 'VLLM_API_KEY = "fixed"'),
+     "env sets VLLM_API_KEY"),
+    ("unknown key in defaults", lambda t: t.replace("[defaults]\n", "[defaults]\ncolour = 1\n"),
+     "[defaults]: unknown key 'colour'"),
+    ("budget_s zero", lambda t: t.replace('id = "ngram"', 'id = "ngram"\nbudget_s = 0'),
+     "budget_s must be a number > 0"),
+    ("expected_slow without reason",
+     lambda t: t.replace('id = "ngram"', 'id = "ngram"\nexpected_slow = {hardware = []}'),
+     "expected_slow needs a 'reason'"),
+    ("label not a string", lambda t: t.replace('id = "ngram"', 'id = "ngram"\nlabel = 3'), "label must be a string"),
+    ("max_model_len bool", lambda t: t.replace('id = "ngram"', 'id = "ngram"\nmax_model_len = true'),
+     "max_model_len must be an integer 64.."),
+    ("accuracy not a table", lambda t: "accuracy = 3\n" + t, "[accuracy] must be a table"),
+]
+
+
+@pytest.mark.fault("matrix", "hostile values: config = [1], defaults = 1, env = \"X=1\", string/negative/huge "
+                   "tolerances, serve_args a string, reserved or path-like ids, contexts = [true], negative timeout, "
+                   "unset ${VAR}, --host/--port in any spelling, VLLM_API_KEY in env",
+                   "one MatrixError naming the file, the config and the key; never a traceback")
+@pytest.mark.parametrize(("what", "mutation", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_matrix_is_one_matrix_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str,
+                                            mutation, message: str) -> None:
+    monkeypatch.setenv("QG_TEST_MODELS", "/models")
+    path = write(tmp_path, mutation(GOOD))
+    assert mutation(GOOD) != GOOD, what
+    with pytest.raises(MatrixError) as info:
+        load_matrix(path)
+    assert message in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.fault("matrix", "Latin-1 (non-UTF-8) matrix file", "MatrixError naming the file, the byte and the line")
+def test_latin1_matrix(tmp_path: Path) -> None:
+    path = tmp_path / "m.toml"
+    path.write_bytes(GOOD.replace('id = "ngram"', 'id = "ngram"\nlabel = "d\u00e9j\u00e0"').encode("latin-1"))
+    with pytest.raises(MatrixError, match=r"m.toml: not UTF-8 \(byte 0xe9 on line \d+\)"):
+        load_matrix(path)
+
+
+@pytest.mark.fault("matrix", "model path names an unset ${VAR}",
+                   "MatrixError naming the variable where the config runs; configs for other hardware still load")
+def test_unset_model_variable_named_where_it_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QG_TEST_MODELS", raising=False)
+    path = write(tmp_path, GOOD)
+    assert load_matrices([path], "cpu-avx512")  # 'ngram' is for sm121/sm120: its variable is not needed here
+    with pytest.raises(MatrixError, match=r"config 'ngram': model names \$QG_TEST_MODELS, which is not set"):
+        load_matrices([path], "sm121")
+    monkeypatch.setenv("QG_TEST_MODELS", "/models")
+    assert load_matrices([path], "sm121")[0].get("ngram").model == "/models/m"
+
+
+def test_shipped_matrices_load_on_cpu() -> None:
+    assert load_matrices(sorted((REPO / "fixtures/matrix").glob("*.toml")), "cpu-amx")

@@ -162,13 +162,26 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert models.default_cache_dir() == Path.home() / ".cache" / "quantgate" / "models"
 
 
+@pytest.mark.fault("security", "a .venv-quant/bin/python planted in the working directory or a parent (/tmp)",
+                   "never run: the quantizer comes only from QUANTGATE_QUANT_PYTHON, beside the running venv, "
+                   "or quantgate's checkout")
 def test_find_quant_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("QUANTGATE_QUANT_PYTHON", raising=False)
-    fake = tmp_path / ".venv-quant" / "bin" / "python"
-    fake.parent.mkdir(parents=True)
-    fake.write_text("")
+    planted = tmp_path / ".venv-quant" / "bin" / "python"
+    planted.parent.mkdir(parents=True)
+    planted.write_text("")
     (tmp_path / "a" / "b").mkdir(parents=True)
-    assert models.find_quant_python(tmp_path / "a" / "b") == fake
+    monkeypatch.chdir(tmp_path / "a" / "b")
+    monkeypatch.setattr("sys.prefix", str(tmp_path / "elsewhere" / ".venv"))
+    monkeypatch.setattr(models, "_checkout_root", lambda: None)
+    assert models.find_quant_python() is None
+    monkeypatch.chdir(tmp_path)
+    assert models.find_quant_python() is None
+    checkout = tmp_path / "checkout"
+    (checkout / ".venv-quant" / "bin").mkdir(parents=True)
+    (checkout / ".venv-quant" / "bin" / "python").write_text("")
+    monkeypatch.setattr(models, "_checkout_root", lambda: checkout)
+    assert models.find_quant_python() == checkout / ".venv-quant" / "bin" / "python"
     monkeypatch.setenv("QUANTGATE_QUANT_PYTHON", str(tmp_path / "nope"))
     with pytest.raises(ModelError, match="QUANTGATE_QUANT_PYTHON=.*nope does not exist"):
         models.find_quant_python()

@@ -87,6 +87,25 @@ def test_noise_model_default_and_file(tmp_path: Path) -> None:
     assert tol == 0.08 and "noise.json" in source
 
 
+@pytest.mark.fault("baselines", "noise.json tolerance out of bounds (5.0, 0, -1, NaN, a string)",
+                   "BaselineError naming the file and metric: a 10x slowdown can no longer pass")
+@pytest.mark.parametrize("tol", [5.0, 0, -0.1, "0.1", None, True])
+def test_noise_tolerance_bounds(tmp_path: Path, tol: object) -> None:
+    store = BaselineStore(tmp_path)
+    path = tmp_path / "cpu-x" / "noise.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"metrics": {"decode_tps": {"tolerance": tol}}}))
+    # what the bound is for: at 5.0 the judge lets a 10x slowdown through
+    base = store.update("cpu-x", "c", [fig("decode_tps[c=1]", [100, 100, 100])], None, {}, "r")
+    assert base and judge("c", fig("decode_tps[c=1]", [10, 10, 10]), store.load("cpu-x", "c"),
+                          NoiseModel({"decode_tps": 5.0}, 0.25)).outcome == "pass"
+    with pytest.raises(BaselineError, match=rf"{path}: metric 'decode_tps' tolerance .* is out of bounds"):
+        store.noise("cpu-x", 0.25)
+    path.write_text('{"metrics": [1]}')
+    with pytest.raises(BaselineError, match="'metrics' must be an object"):
+        store.noise("cpu-x", 0.25)
+
+
 def _base(tmp_path: Path, samples) -> object:
     store = BaselineStore(tmp_path)
     store.update("cpu-x", "c", [fig("decode_tps[c=1]", samples)], None, {}, "r")
