@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from .matrix import WorkloadSettings
-from .metrics import MetricsSnapshot, SpecDecodeWindow, parse_prometheus, spec_decode_window
+from .metrics import REQUIRED, MetricsError, MetricsSnapshot, SpecDecodeWindow, parse_prometheus, spec_decode_window
 from .stats import Figure
 
 NONCE_TOKENS = 16  # one KV block: a unique first block defeats prefix caching for the whole prompt
@@ -28,6 +28,19 @@ WARMUP_SEED = 4242
 
 class WorkloadError(RuntimeError):
     """The server answered wrongly (HTTP error, broken stream, missing usage, zero tokens)."""
+
+
+def checked_snapshot(resp: httpx.Response, model: str) -> MetricsSnapshot:
+    """A /metrics answer parsed, with the series every window reads present, or one WorkloadError saying
+    which are missing (not NaN figures and a KeyError later)."""
+    if resp.status_code != 200:
+        raise WorkloadError(f"GET {resp.request.url} answered HTTP {resp.status_code}")
+    try:
+        snapshot = parse_prometheus(resp.text, model_name=model)
+        snapshot.require(REQUIRED, model_name=model)
+    except MetricsError as exc:
+        raise WorkloadError(f"GET {resp.request.url}: {exc}") from None
+    return snapshot
 
 
 @dataclass(frozen=True)
@@ -182,10 +195,7 @@ class Client:
         self.close()
 
     def metrics(self) -> MetricsSnapshot:
-        resp = self.http.get("/metrics")
-        if resp.status_code != 200:
-            raise WorkloadError(f"GET /metrics answered HTTP {resp.status_code}")
-        return parse_prometheus(resp.text, model_name=self.model)
+        return checked_snapshot(self.http.get("/metrics"), self.model)
 
     def complete(self, prompt: list[int] | str, max_tokens: int, cell: str = "") -> RequestResult:
         body = {
