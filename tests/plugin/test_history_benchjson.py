@@ -54,3 +54,20 @@ def test_two_runs_append_two_entries_and_compare_reads_their_benchmark_json(qg, 
     assert entry["stats"]["ops"] == pytest.approx(len(samples) / sum(1 / s for s in samples))
     assert entry["extra_info"]["unit"] == "x ref" and entry["extra_info"]["higher_is_better"] is True
     assert body["machine_info"]["quantgate"]["hardware"] == HW and "id" in body["commit_info"]
+
+
+def test_benchmark_json_of_pytest_benchmark_carries_our_figures(qg, pytester: pytest.Pytester) -> None:
+    """pytest-benchmark's own --benchmark-json: alone (we write it), and beside a benchmark-fixture test
+    (pytest-benchmark writes it, with our figures merged in)."""
+    alone = pytester.path / "alone.json"
+    qg("--update-baselines", f"--benchmark-json={alone}").assert_outcomes(passed=4, xfailed=3)
+    names = {b["name"] for b in json.loads(alone.read_text())["benchmarks"]}
+    assert "ref/decode_tps[ctx=0,out=long]" in names
+
+    pytester.makepyfile(test_speed="import pytest\n\n\n@pytest.mark.cpu\ndef test_speed(benchmark):\n"
+                                   "    benchmark(sum, range(100))\n")
+    both = pytester.path / "both.json"
+    qg(f"--benchmark-json={both}", "-k", "w4 or speed").assert_outcomes(passed=4)  # w4: 3, test_speed
+    body = json.loads(both.read_text())
+    names = {b["name"] for b in body["benchmarks"]}
+    assert "test_speed" in names and "w4/rel_decode_tps[ctx=0,out=long]" in names
