@@ -86,9 +86,9 @@ def parse_prometheus(text: str, model_name: str | None = None) -> MetricsSnapsho
                 continue
             if sample.name.endswith("_bucket"):
                 if "le" in labels:
-                    slot = buckets[sample.name.removesuffix("_bucket")]
+                    counts = buckets[sample.name.removesuffix("_bucket")]
                     bound = float(labels["le"])  # "+Inf" parses to inf
-                    slot[bound] = slot.get(bound, 0.0) + sample.value
+                    counts[bound] = counts.get(bound, 0.0) + sample.value
                 continue
             if sample.name.endswith("_created"):
                 continue

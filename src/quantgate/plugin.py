@@ -378,7 +378,11 @@ def _write_outputs(config: pytest.Config, state: QuantgateState, run: Run, measu
 
     hist = config.getoption("qg_history") or config.getini("quantgate_history")
     root = (Path(config.rootpath) / hist) if hist else None
-    plots = history.record(run, measured, state.verdicts, refresh=state.update, root=root)
+    plots: dict[tuple[str, str], Path] = {}
+    try:  # a read-only or full baselines folder must not cost the run its report
+        plots = history.record(run, measured, state.verdicts, refresh=state.update, root=root)
+    except OSError as exc:
+        run.log(f"quantgate: run history not recorded: {exc}")
     extra = [Path(p) for p in (config.getoption("qg_benchmark_json"),
                                None if state.benchmark_json_merged else getattr(config.option, "benchmark_json", None))
              if p]
