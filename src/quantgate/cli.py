@@ -1,4 +1,4 @@
-"""`quantgate` command line: hardware, kernels, models, run, calibrate."""
+"""`quantgate` command line: hardware, kernels, models, run, calibrate, history."""
 
 from __future__ import annotations
 
@@ -171,6 +171,42 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_history(args: argparse.Namespace) -> int:
+    """Each figure over the recorded runs, with change points, baseline refreshes and environment changes."""
+    from . import history
+
+    hw = args.hardware or hardware_mod.detect().id
+    root = Path(args.history) if args.history else Path(args.baselines) / hw / "history"
+    store = history.HistoryStore(root)
+    configs = args.config or store.configs()
+    if not configs:
+        print(f"quantgate history: no history under {root} (every pytest run appends to it)", file=sys.stderr)
+        return 2
+    shown = 0
+    for cid in configs:
+        entries = store.load(cid)
+        if not entries:
+            print(f"quantgate history: no runs recorded for config {cid!r} in {store.path(cid)}", file=sys.stderr)
+            return 2
+        names = sorted({n for e in entries for n, f in e.figures.items()
+                        if (args.figure and args.figure in n) or (not args.figure and f.get("gated", True))})
+        for name in names:
+            s = history.series(entries, name)
+            if s is None:
+                continue
+            print("\n".join(history.describe(s)))
+            if not args.no_plot:
+                print(f"  plot: {history.plot(s, Path(args.plots) / cid / history.plot_name(name))}")
+            print()
+            shown += 1
+    for where in store.skipped:
+        print(f"quantgate history: skipped an unreadable line at {where}", file=sys.stderr)
+    if not shown:
+        print(f"quantgate history: no figure matching {args.figure!r} in {', '.join(configs)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", default="baselines")
     p.add_argument("--results", default="results/calibrate")
     p.set_defaults(func=_cmd_calibrate)
+    p = sub.add_parser("history", help="each figure over the recorded runs, with change points (and PNG plots)")
+    p.add_argument("--config", action="append", default=None, help="config id (default: every recorded one)")
+    p.add_argument("--figure", default=None, help="figures whose name contains this (default: the gated ones)")
+    p.add_argument("--hardware", default=None, help="hardware id (default: this machine's)")
+    p.add_argument("--baselines", default="baselines")
+    p.add_argument("--history", default=None, help="history folder (default: <baselines>/<hardware>/history)")
+    p.add_argument("--plots", default="results/history", help="folder for the PNG plots")
+    p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(func=_cmd_history)
     return parser
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from .workload import (
     PromptMaker,
     WorkloadError,
     carries_token,
+    checked_snapshot,
     http_error,
     request_body,
     sse_event,
@@ -176,27 +176,9 @@ def stream_timing(sent: float, resp: Response, max_tokens: int) -> StreamTiming:
 # --------------------------------------------------------------------------------------------------------------
 # server histograms from /metrics
 
-_BUCKET = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)_bucket\{([^}]*)\}\s+([-+0-9.eEinfNa]+)')
-_LE = re.compile(r'le="([^"]+)"')
-_MODEL = re.compile(r'model_name="([^"]*)"')
-
-
 def histogram_buckets(text: str, name: str, model_name: str | None = None) -> dict[float, float]:
     """Cumulative bucket counts {le: count} of one histogram, summed over label sets (model filtered)."""
-    out: dict[float, float] = {}
-    for line in text.splitlines():
-        m = _BUCKET.match(line)
-        if not m or m.group(1) != name:
-            continue
-        model = _MODEL.search(m.group(2))
-        if model_name is not None and model and model.group(1) != model_name:
-            continue
-        le = _LE.search(m.group(2))
-        if not le:
-            continue
-        bound = math.inf if le.group(1) in ("+Inf", "inf") else float(le.group(1))
-        out[bound] = out.get(bound, 0.0) + float(m.group(3))
-    return out
+    return parse_prometheus(text, model_name=model_name).buckets.get(name, {})
 
 
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
@@ -258,9 +240,7 @@ class ServerWindow:
 
 def scrape(http: httpx.Client, model: str) -> tuple[str, MetricsSnapshot]:
     resp = http.get("/metrics")
-    if resp.status_code != 200:
-        raise WorkloadError(f"GET /metrics answered HTTP {resp.status_code}")
-    return resp.text, parse_prometheus(resp.text, model_name=model)
+    return resp.text, checked_snapshot(resp, model)
 
 
 # --------------------------------------------------------------------------------------------------------------

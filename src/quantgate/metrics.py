@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)(?:\s+\d+)?$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+from prometheus_client.parser import text_string_to_metric_families
+
+from .errors import QuantgateError
+
+# what every measured window reads: a body without one of these is not a vLLM server we can measure
+# (or a model name that matches none of its series), and says so instead of yielding NaN figures
+REQUIRED = (
+    "vllm:request_decode_time_seconds_sum",
+    "vllm:request_prefill_time_seconds_sum",
+    "vllm:time_to_first_token_seconds_sum",
+    "vllm:prefix_cache_queries_total",
+)
+
+
+class MetricsError(QuantgateError, ValueError):
+    """A /metrics body that is not Prometheus text, or lacks a series quantgate needs."""
 
 
 @dataclass(frozen=True)
@@ -16,50 +30,76 @@ class MetricsSnapshot:
 
     totals: dict[str, float]
     by_label: dict[str, dict[str, float]]  # "name|label" -> {label value: value}
+    buckets: dict[str, dict[float, float]] = field(default_factory=dict)  # histogram name -> {le: count}
+    model_names: frozenset[str] = frozenset()  # every model_name label seen, for the error message
 
     def get(self, name: str, default: float = 0.0) -> float:
         # vLLM renamed some counters over versions (with and without the _total suffix)
-        for candidate in (name, name + "_total", name.removesuffix("_total")):
+        for candidate in _spellings(name):
             if candidate in self.totals:
                 return self.totals[candidate]
         return default
+
+    def has(self, name: str) -> bool:
+        return any(candidate in self.totals for candidate in _spellings(name))
 
     def delta(self, before: MetricsSnapshot, name: str) -> float:
         return self.get(name) - before.get(name)
 
     def labelled(self, name: str, label: str) -> dict[str, float]:
-        for candidate in (name, name + "_total", name.removesuffix("_total")):
+        for candidate in _spellings(name):
             key = f"{candidate}|{label}"
             if key in self.by_label:
                 return self.by_label[key]
         return {}
 
+    def require(self, names: Iterable[str], model_name: str | None = None) -> None:
+        missing = [n for n in names if not self.has(n)]
+        if not missing:
+            return
+        served = f" for model_name={model_name!r}" if model_name is not None else ""
+        seen = (f"; its series are labelled model_name={', '.join(sorted(self.model_names))}"
+                if self.model_names and model_name not in self.model_names else "")
+        raise MetricsError(f"/metrics has no {', '.join(missing)}{served}{seen} "
+                           f"(not a vLLM server, or a vLLM that renamed these metrics)")
+
+
+def _spellings(name: str) -> tuple[str, ...]:
+    return (name, name + "_total", name.removesuffix("_total"))
+
 
 def parse_prometheus(text: str, model_name: str | None = None) -> MetricsSnapshot:
+    """prometheus_client's parser; sample values summed over label sets, series of other models left out."""
     totals: dict[str, float] = defaultdict(float)
     by_label: dict[str, dict[str, float]] = defaultdict(dict)
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line.strip())
-        if not match:
-            continue
-        name, labels_text, value_text = match.groups()
-        try:
-            value = float(value_text)
-        except ValueError:
-            continue
-        labels = dict(_LABEL.findall(labels_text or ""))
-        if model_name is not None and labels.get("model_name", model_name) != model_name:
-            continue
-        if name.endswith("_bucket") or name.endswith("_created"):
-            continue
-        totals[name] += value
-        for key in ("position",):
-            if key in labels:
-                slot = by_label[f"{name}|{key}"]
-                slot[labels[key]] = slot.get(labels[key], 0.0) + value
-    return MetricsSnapshot(totals=dict(totals), by_label={k: dict(v) for k, v in by_label.items()})
+    buckets: dict[str, dict[float, float]] = defaultdict(dict)
+    models: set[str] = set()
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:  # the parser's own words are terse ("could not convert string to float")
+        first = text.lstrip().splitlines()[0][:80] if text.strip() else ""
+        raise MetricsError(f"/metrics body is not Prometheus text ({exc}; it begins {first!r})") from None
+    for family in families:
+        for sample in family.samples:
+            labels = sample.labels
+            if "model_name" in labels:
+                models.add(labels["model_name"])
+            if model_name is not None and labels.get("model_name", model_name) != model_name:
+                continue
+            if sample.name.endswith("_bucket"):
+                if "le" in labels:
+                    counts = buckets[sample.name.removesuffix("_bucket")]
+                    bound = float(labels["le"])  # "+Inf" parses to inf
+                    counts[bound] = counts.get(bound, 0.0) + sample.value
+                continue
+            if sample.name.endswith("_created"):
+                continue
+            totals[sample.name] += sample.value
+            if "position" in labels:
+                slot = by_label[f"{sample.name}|position"]
+                slot[labels["position"]] = slot.get(labels["position"], 0.0) + sample.value
+    return MetricsSnapshot(totals=dict(totals), by_label={k: dict(v) for k, v in by_label.items()},
+                           buckets={k: dict(v) for k, v in buckets.items()}, model_names=frozenset(models))
 
 
 @dataclass(frozen=True)

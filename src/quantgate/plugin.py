@@ -51,6 +51,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qg-prestart", action="store_true", default=False,
                     help="start every selected engine at once before the first test and wait for all of "
                          "them; measurements still run one at a time (the others idle)")
+    group.addoption("--qg-benchmark-json", default=None, metavar="PATH",
+                    help="also write the figures in pytest-benchmark's JSON schema here (always written to "
+                         "results/<run>/benchmark.json; pytest-benchmark's --benchmark-json works too)")
+    group.addoption("--qg-history", default=None, metavar="DIR",
+                    help="run history folder (default: <baselines>/<hardware>/history)")
+    parser.addini("quantgate_history", "run history folder, relative to rootdir (default: beside the baselines)",
+                  default="")
     parser.addini("quantgate_matrix", "config matrix files (globs, relative to rootdir)", type="linelist",
                   default=list(DEFAULT_MATRIX_GLOBS))
     parser.addini("quantgate_baselines", "baselines folder, relative to rootdir", default="baselines")
@@ -70,6 +77,7 @@ class QuantgateState:
         # "<file>: <cause>" for every baseline or kernel snapshot a refresh failed to write: the run fails
         self.write_failures: list[str] = []
         self.report_paths: list[Path] = []
+        self.benchmark_json_merged = False  # pytest-benchmark wrote --benchmark-json with our figures in it
         # pytest-xdist workers share the controller's run id, hence one results folder and one report
         workerinput = getattr(config, "workerinput", None)
         self.run_id: str = (workerinput or {}).get("quantgate_run_id") or new_run_id()
@@ -377,12 +385,42 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         else:
             measured = [s.measurement for s in run._slots.values() if s.measurement is not None]
         if measured:
-            state.report_paths = write_report(run, measured, state.verdicts)
+            state.report_paths = _write_outputs(session.config, state, run, measured)
     finally:
         run.close()
         engine_mod.stop_all()
         if state.write_failures and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a refresh that wrote nothing never succeeds
+
+
+def _write_outputs(config: pytest.Config, state: QuantgateState, run: Run, measured: list[Any]) -> list[Path]:
+    """History (and the failing figures' history plots), the report, and the pytest-benchmark JSON."""
+    from . import benchjson, history
+
+    hist = config.getoption("qg_history") or config.getini("quantgate_history")
+    root = (Path(config.rootpath) / hist) if hist else None
+    plots: dict[tuple[str, str], Path] = {}
+    try:  # a read-only or full baselines folder must not cost the run its report
+        plots = history.record(run, measured, state.verdicts, refresh=state.update, root=root)
+    except OSError as exc:
+        run.log(f"quantgate: run history not recorded: {exc}")
+    extra = [Path(p) for p in (config.getoption("qg_benchmark_json"),
+                               None if state.benchmark_json_merged else getattr(config.option, "benchmark_json", None))
+             if p]
+    return write_report(run, measured, state.verdicts, history_plots=plots) + benchjson.write(run, measured, extra)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
+    """pytest-benchmark writes --benchmark-json itself when it ran benchmarks of its own: ours join them."""
+    from . import benchjson
+
+    state = config.stash.get(STATE_KEY, None)
+    if state is None or state._run is None or not getattr(config.option, "benchmark_json", None):
+        return
+    measured = [s.measurement for s in state.run._slots.values() if s.measurement is not None]
+    output_json["benchmarks"] += benchjson.document(state.run, measured)["benchmarks"]
+    state.benchmark_json_merged = True
 
 
 def _save_worker_part(run: Run, state: QuantgateState, worker: str) -> None:

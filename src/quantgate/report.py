@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -59,7 +60,8 @@ def _accuracy_cell(m: Measurement) -> str:
     return f"{acc:.3f} ({x['wilson_lower']:.3f}..{x['wilson_upper']:.3f}, n={n})"
 
 
-def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> str:
+def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict],
+             history_plots: dict[tuple[str, str], Path] | None = None) -> str:
     hw = run.hardware
     lines = [
         f"# quantgate report — {hw.id} ({hw.name})",
@@ -86,6 +88,11 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
                 f"{'' if v.delta is None else f'{v.delta:+.1%}'} | "
                 f"{'' if v.tolerance is None else f'{v.tolerance:.0%}'} | **{v.outcome}** | "
                 f"{'; '.join(v.kernel_diff)} |")
+        lines.append("")
+    if history_plots:
+        lines += ["History of the failing figures (every recorded run, change points marked):", ""]
+        lines += [f"- {cid} `{fig}`: [{path.name}]({os.path.relpath(path, run.results)})"
+                  for (cid, fig), path in sorted(history_plots.items())]
         lines.append("")
     by_id = {m.config.id: m for m in measured}
     ref_ids = {run.reference_of(cid) for cid in by_id} - {None}
@@ -151,11 +158,12 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> 
     return "\n".join(lines) + "\n"
 
 
-def write_report(run: Run, measured: list[Measurement], verdicts: list[Verdict]) -> list[Path]:
+def write_report(run: Run, measured: list[Measurement], verdicts: list[Verdict],
+                 history_plots: dict[tuple[str, str], Path] | None = None) -> list[Path]:
     folder = run.results
     folder.mkdir(parents=True, exist_ok=True)
     md = folder / "report.md"
-    atomic_write(md, markdown(run, measured, verdicts))
+    atomic_write(md, markdown(run, measured, verdicts, history_plots))
     summary = {
         "run_id": run.run_id,
         "hardware": run.hardware.to_dict(),

@@ -19,7 +19,7 @@ import httpx
 
 from .errors import QuantgateError
 from .matrix import WorkloadSettings
-from .metrics import MetricsSnapshot, SpecDecodeWindow, parse_prometheus, spec_decode_window
+from .metrics import REQUIRED, MetricsError, MetricsSnapshot, SpecDecodeWindow, parse_prometheus, spec_decode_window
 from .settings import NONCE_TOKENS
 from .stats import Figure, FigureKey, RecordSource
 
@@ -29,6 +29,19 @@ WARMUP_SEED = 4242
 
 class WorkloadError(QuantgateError, RuntimeError):
     """The server answered wrongly (HTTP error, broken stream, missing usage, zero tokens)."""
+
+
+def checked_snapshot(resp: httpx.Response, model: str) -> MetricsSnapshot:
+    """A /metrics answer parsed, with the series every window reads present, or one WorkloadError saying
+    which are missing (not NaN figures and a KeyError later)."""
+    if resp.status_code != 200:
+        raise WorkloadError(f"GET {resp.request.url} answered HTTP {resp.status_code}")
+    try:
+        snapshot = parse_prometheus(resp.text, model_name=model)
+        snapshot.require(REQUIRED, model_name=model)
+    except MetricsError as exc:
+        raise WorkloadError(f"GET {resp.request.url}: {exc}") from None
+    return snapshot
 
 
 @dataclass(frozen=True)
@@ -211,10 +224,7 @@ class Client:
         self.close()
 
     def metrics(self) -> MetricsSnapshot:
-        resp = self.http.get("/metrics")
-        if resp.status_code != 200:
-            raise WorkloadError(f"GET /metrics answered HTTP {resp.status_code}")
-        return parse_prometheus(resp.text, model_name=self.model)
+        return checked_snapshot(self.http.get("/metrics"), self.model)
 
     def complete(self, prompt: list[int] | str, max_tokens: int, cell: str = "") -> RequestResult:
         body = request_body(self.model, prompt, max_tokens)
