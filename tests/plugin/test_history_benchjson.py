@@ -56,7 +56,8 @@ def test_two_runs_append_two_entries_and_compare_reads_their_benchmark_json(qg, 
     assert body["machine_info"]["quantgate"]["hardware"] == HW and "id" in body["commit_info"]
 
 
-def test_benchmark_json_of_pytest_benchmark_carries_our_figures(qg, pytester: pytest.Pytester) -> None:
+def test_benchmark_json_of_pytest_benchmark_carries_our_figures(qg, pytester: pytest.Pytester,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """pytest-benchmark's own --benchmark-json: alone (we write it), and beside a benchmark-fixture test
     (pytest-benchmark writes it, with our figures merged in)."""
     alone = pytester.path / "alone.json"
@@ -64,6 +65,8 @@ def test_benchmark_json_of_pytest_benchmark_carries_our_figures(qg, pytester: py
     names = {b["name"] for b in json.loads(alone.read_text())["benchmarks"]}
     assert "ref/decode_tps[ctx=0,out=long]" in names
 
+    # under an outer `pytest -n`, pytest-benchmark reads this worker variable and disables its benchmarks
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makepyfile(test_speed="import pytest\n\n\n@pytest.mark.cpu\ndef test_speed(benchmark):\n"
                                    "    benchmark(sum, range(100))\n")
     both = pytester.path / "both.json"
