@@ -407,6 +407,7 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
     for ref in {run.reference_of(c) for c in state.remaining} - {None}:
         if ref is not None and state.remaining.get(ref, 0) <= 0:
             run.release(ref)
+            state.progress.finish(ref)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

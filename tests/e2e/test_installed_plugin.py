@@ -7,6 +7,7 @@ No engine starts (collection only); dependencies come from the package index, as
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,9 @@ model = { recipe = "qwen3-dense", quantization = "w8a8" }
 
 
 def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    # without our PYTHONPATH: the fresh venv must import quantgate from the wheel, not from this checkout
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -61,8 +64,9 @@ def test_wheel_in_a_fresh_venv_collects_a_matrix(tmp_path: Path) -> None:
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     _run([str(py), "-m", "pip", "install", "-q", str(wheel)], tmp_path, 420)  # no extras: no xdist, no vllm
-    missing = subprocess.run([str(py), "-c", "import xdist"], capture_output=True).returncode
-    assert missing != 0, "the fresh venv has pytest-xdist: this test would not guard the plain install"
+    where = _run([str(py), "-c", "import quantgate.plugin as p, importlib.util as u; print(p.__file__, "
+                  "u.find_spec('xdist') is None)"], tmp_path, 60).stdout.split()
+    assert where[0].startswith(str(env_dir)) and where[1] == "True", where  # the wheel's copy; no pytest-xdist
 
     project = tmp_path / "project"
     project.mkdir()

@@ -22,7 +22,7 @@ from quantgate.hardware import detect
 
 REPO = Path(__file__).resolve().parents[2]
 # a hang fails with a stack (pytest-timeout) well inside CI's own limit
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
 
 def engine_pids(marker: str) -> list[int]:
@@ -50,7 +50,7 @@ def suite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("QUANTGATE_E2E_MARK", str(pytester.path))  # lets engine_pids find our engines
     monkeypatch.delenv("QUANTGATE_ENGINE_MODULE", raising=False)
 
-    def run(*args: str, timeout: float = 1500) -> pytest.RunResult:
+    def run(*args: str, timeout: float = 2400) -> pytest.RunResult:
         result = pytester.runpytest_subprocess("-m", "cpu", *args, timeout=timeout)
         assert engine_pids(str(pytester.path)) == [], "an engine outlived its test session"
         return result
