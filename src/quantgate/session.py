@@ -125,7 +125,8 @@ class Run:
         def one(ref: str | dict[str, Any], what: str) -> str:
             if isinstance(ref, dict):
                 recipe = models_mod.recipe_from_spec(ref, where=f"{cfg.source} {what}")
-                return str(models_mod.ensure_model(recipe, self.settings.model_cache))
+                return str(models_mod.ensure_model(recipe, self.settings.model_cache,
+                                                   log=lambda msg: self.progress.stage(cfg.id, f"model: {msg}")))
             path = Path(ref)
             if not path.exists():
                 raise models_mod.ModelError(f"{cfg.source}: {what} path {ref!r} does not exist")
