@@ -31,6 +31,7 @@ from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
 STATE_KEY = pytest.StashKey["QuantgateState"]()
+CONFIG_TEST_TIMEOUT_S = 3600
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -288,6 +289,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for cfg in run.configs():
         matrix = run.matrix_of(cfg.id)
         marks = _config_marks(cfg, run.hardware)
+        if metafunc.config.pluginmanager.hasplugin("timeout"):
+            # pytest-timeout's ini default (300 s in quantgate's own pyproject) is for quick tests; a config's
+            # first test starts its engine and runs every workload (engine start alone may take 900 s), with
+            # quantgate's own limits. Still finite: a hang ends with a stack. Only where the plugin is loaded,
+            # else the mark is unknown under --strict-markers.
+            marks = [*marks, pytest.mark.timeout(CONFIG_TEST_TIMEOUT_S)]
         if "qg_figure" in metafunc.fixturenames:
             for name in gated_figure_names(cfg, matrix):
                 params.append(pytest.param(cfg.id, name, id=f"{cfg.id}-{name}", marks=marks))
