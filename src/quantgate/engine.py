@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,8 +167,10 @@ def start(
     return engine
 
 
-def wait_healthy(engine: Engine, timeout_s: float, poll_s: float = 0.5) -> float:
-    """Poll /health until 200; fail early if the process dies. Returns seconds from launch to healthy."""
+def wait_healthy(engine: Engine, timeout_s: float, poll_s: float = 0.5,
+                 on_poll: Callable[[], None] | None = None) -> float:
+    """Poll /health until 200; fail early if the process dies. Returns seconds from launch to healthy.
+    `on_poll` runs between polls (progress on screen: the seconds the start has taken so far)."""
     deadline = engine.started_at + timeout_s
     with httpx.Client(timeout=5.0) as client:
         if engine.attached_url is not None:
@@ -199,6 +201,8 @@ def wait_healthy(engine: Engine, timeout_s: float, poll_s: float = 0.5) -> float
                     f"engine for config {engine.config.id!r} not healthy after {timeout_s:.0f} s "
                     f"(killed); log {engine.log_path}, last lines:\n{engine.log_tail()}"
                 )
+            if on_poll is not None:
+                on_poll()
             time.sleep(poll_s)
 
 

@@ -6,13 +6,15 @@ Everything measurable lives in quantgate.session; this module only maps it onto 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import os
 import re
 import signal
 from collections import Counter, defaultdict
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 import httpx
 import pytest
@@ -25,10 +27,12 @@ from .kernels import KernelRecord, diff_records
 from .launchers import LauncherError
 from .launchers import from_env as launcher_from_env
 from .matrix import DEFAULT_MATRIX_GLOBS, EngineConfig, MatrixError, check_serve_args, load_matrices, matrix_files
+from .progress import NullProgress, Output, PlainProgress, Progress, RichProgress
 from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
 STATE_KEY = pytest.StashKey["QuantgateState"]()
+CONFIG_TEST_TIMEOUT_S = 3600
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -78,6 +82,8 @@ class QuantgateState:
         self.write_failures: list[str] = []
         self.report_paths: list[Path] = []
         self.benchmark_json_merged = False  # pytest-benchmark wrote --benchmark-json with our figures in it
+        self.progress: Progress = NullProgress()
+        self.running: str | None = None  # the test pytest is running (its result is written next)
         # pytest-xdist workers share the controller's run id, hence one results folder and one report
         workerinput = getattr(config, "workerinput", None)
         self.run_id: str = (workerinput or {}).get("quantgate_run_id") or new_run_id()
@@ -114,18 +120,66 @@ class QuantgateState:
             )
             if self.config.getoption("qg_start_timeout"):
                 settings.start_timeout_s = float(self.config.getoption("qg_start_timeout"))
-            tr = self.config.pluginmanager.get_plugin("terminalreporter")
-
-            def log(msg: str) -> None:
-                if tr is not None:
-                    tr.write_line(msg)
-
-            self._run = Run(matrices, hardware, settings, run_id=self.run_id, log=log)
+            self.progress = _screen_progress(self.config, self)
+            self._run = Run(matrices, hardware, settings, run_id=self.run_id, log=self.progress.message,
+                            progress=self.progress)
         return self._run
 
     @property
     def hardware(self) -> Hardware:
         return self.run.hardware
+
+
+class _TerminalStream(io.TextIOBase):
+    """pytest's terminal writer as a file (for rich and the plain lines). Each write steps out of pytest's
+    output capture, as pytest's own live logging does: during a test, fd 1 is pytest's capture file."""
+
+    def __init__(self, tw: Any, capman: Any, tty: bool) -> None:
+        self._tw, self._capman, self._tty = tw, capman, tty
+
+    def _uncaptured(self) -> Any:
+        return self._capman.global_and_fixture_disabled() if self._capman is not None else contextlib.nullcontext()
+
+    def write(self, text: str) -> int:
+        with self._uncaptured():
+            self._tw.write(text, flush=True)
+        return len(text)
+
+    def end_line(self) -> None:
+        if self._tw.width_of_current_line:
+            with self._uncaptured():
+                self._tw.line()
+
+    def flush(self) -> None:
+        self._tw.flush()
+
+    def isatty(self) -> bool:
+        return self._tty
+
+
+def _screen_progress(config: pytest.Config, state: QuantgateState) -> Progress:
+    """Rich on a terminal, plain lines in a CI log (QUANTGATE_PROGRESS=rich|plain|off overrides), written in
+    blocks never inside pytest's progress line: a block first ends pytest's line, and after it the line
+    starts again with pytest's prefix (file name), so no result letter stands alone (pytest -v writes the
+    test id again itself)."""
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    choice = os.environ.get("QUANTGATE_PROGRESS", "").strip().lower()
+    if tr is None or hasattr(config, "workerinput") or choice == "off":
+        return NullProgress()  # an xdist worker's output reaches no screen
+    terminal = choice == "rich" or (choice != "plain" and bool(getattr(tr, "isatty", False)))
+    stream = _TerminalStream(tr._tw, config.pluginmanager.get_plugin("capturemanager"), terminal)
+
+    def close_block() -> None:
+        tr.currentfspath = None
+        nodeid = state.running
+        if nodeid is not None and tr.showfspath and not tr.showlongtestinfo:
+            # pytest writes the next letter right where the cursor is: give it its prefix line back
+            fspath = Path(config.rootpath) / nodeid.split("::")[0]
+            stream.write(f"{os.path.relpath(fspath, tr.startpath)} ")
+            tr.currentfspath = fspath
+
+    output = Output(cast(TextIO, stream), stream.end_line, close_block)
+    return RichProgress(output, force_terminal=True, width=tr._tw.fullwidth) if terminal else PlainProgress(output)
 
 
 def _state(config: pytest.Config) -> QuantgateState:
@@ -216,8 +270,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(f"quantgate: {exc}") from None
 
 
-def _config_marks(cfg: EngineConfig, hardware: Hardware, group: str) -> list[Any]:
-    marks: list[Any] = [pytest.mark.quantgate, pytest.mark.xdist_group(group)]
+def _config_marks(cfg: EngineConfig, hardware: Hardware) -> list[Any]:
+    # no xdist_group mark: pytest_xdist_make_scheduler groups a config's tests itself, and the mark is unknown
+    # (--strict-markers: "'xdist_group' not found") where quantgate is installed without pytest-xdist
+    marks: list[Any] = [pytest.mark.quantgate]
     marks += [getattr(pytest.mark, marker_for(h)) for h in cfg.hardware]
     if not cfg.applies_to(hardware.id):
         marks.append(pytest.mark.skip(
@@ -237,8 +293,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for cfg in run.configs():
         matrix = run.matrix_of(cfg.id)
-        # ratios need the reference measured in the same process: a relative matrix shares one xdist group
-        marks = _config_marks(cfg, run.hardware, run.reference_of(cfg.id) or cfg.id)
+        marks = _config_marks(cfg, run.hardware)
+        if metafunc.config.pluginmanager.hasplugin("timeout"):
+            # pytest-timeout's ini default (300 s in quantgate's own pyproject) is for quick tests; a config's
+            # first test starts its engine and runs every workload (engine start alone may take 900 s), with
+            # quantgate's own limits. Still finite: a hang ends with a stack. Only where the plugin is loaded,
+            # else the mark is unknown under --strict-markers.
+            marks = [*marks, pytest.mark.timeout(CONFIG_TEST_TIMEOUT_S)]
         if "qg_figure" in metafunc.fixturenames:
             for name in gated_figure_names(cfg, matrix):
                 params.append(pytest.param(cfg.id, name, id=f"{cfg.id}-{name}", marks=marks))
@@ -310,6 +371,22 @@ def _prestart(session: pytest.Session, state: QuantgateState, selected: list[str
     run.prestart(ids)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """pytest writes this report next: end the progress block first; count the outcome on the config's line.
+    Outermost wrapper, so the xfail plugin has already turned an expected failure into `xfailed`."""
+    report = yield
+    state = item.config.stash.get(STATE_KEY, None)
+    if state is not None:
+        state.running = item.nodeid
+        state.progress.pause()
+        cid = _config_id_of(item)
+        if cid is not None and (report.when == "call" or report.when == "setup" and not report.passed):
+            xfail = hasattr(report, "wasxfail")
+            state.progress.verdict(cid, ("xfailed" if report.skipped else "xpassed") if xfail else report.outcome)
+    return report
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     cid = _config_id_of(item)
     if cid is None:
@@ -330,6 +407,7 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
         with contextlib.suppress(Exception):
             run.measurement(cid)
     run.release(cid)
+    state.progress.finish(cid)
     worker = getattr(state.config, "workerinput", {}).get("workerid")
     if worker is not None:  # saved as it goes: an interrupted worker still has its verdicts in the report
         _save_worker_part(run, state, worker)
@@ -337,6 +415,7 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
     for ref in {run.reference_of(c) for c in state.remaining} - {None}:
         if ref is not None and state.remaining.get(ref, 0) <= 0:
             run.release(ref)
+            state.progress.finish(ref)
 
 
 def _refresh_baseline(state: QuantgateState, cid: str) -> None:
@@ -389,6 +468,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     finally:
         run.close()
         engine_mod.stop_all()
+        state.running = None  # pytest's summary comes next: no prefix line for it
+        state.progress.pause()
         if state.write_failures and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a refresh that wrote nothing never succeeds
 

@@ -25,6 +25,7 @@ from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gp
 from .hardware import Hardware
 from .launchers import LauncherSettings, attach_kernel_log
 from .matrix import EngineConfig, Matrix
+from .progress import PlainProgress, Progress
 from .stats import Figure, FigureKey, RecordSource
 from .workload import Client, WorkloadResult, figures_from, grid, run_grid
 
@@ -77,6 +78,7 @@ class Run:
     settings: Settings
     run_id: str = field(default_factory=new_run_id)
     log: Callable[[str], None] = print
+    progress: Progress = field(default_factory=PlainProgress)  # each config's stages (quantgate.progress)
     _slots: dict[str, _Slot] = field(default_factory=dict)
     _gpu_pool: GpuPool | None = None
     _attached: str | None = None  # the one config measured on an attached server
@@ -124,7 +126,8 @@ class Run:
         def one(ref: str | dict[str, Any], what: str) -> str:
             if isinstance(ref, dict):
                 recipe = models_mod.recipe_from_spec(ref, where=f"{cfg.source} {what}")
-                return str(models_mod.ensure_model(recipe, self.settings.model_cache))
+                return str(models_mod.ensure_model(recipe, self.settings.model_cache,
+                                                   log=lambda msg: self.progress.stage(cfg.id, f"model: {msg}")))
             path = Path(ref)
             if not path.exists():
                 raise models_mod.ModelError(f"{cfg.source}: {what} path {ref!r} does not exist")
@@ -157,6 +160,7 @@ class Run:
             if self.settings.launcher.attach is not None:
                 slot.engine = self._attach(cfg)
                 return slot.engine
+            self.progress.stage(config_id, "model: locating or building", since=time.monotonic())
             models = self.resolve_models(cfg)
             pool = self.gpu_pool()
             if pool is not None:
@@ -169,13 +173,15 @@ class Run:
             self._check_gpu_free(config_id, gpus)
             log_path = self.results / config_id / "engine.log"
             on = f" on GPU {','.join(gpus)}" if gpus else ""
-            self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}){on}")
+            self.progress.stage(config_id, f"starting engine ({cfg.quantization}, {cfg.spec_label}){on}",
+                                since=time.monotonic())
             for attempt in (1, 2):
                 eng = engine_mod.start(cfg, models, log_path, python=self.settings.python, gpus=gpus,
                                        container=self.settings.launcher.container)
                 slot.engine = eng
                 try:
-                    ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
+                    ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s,
+                                                    on_poll=lambda: self.progress.tick(config_id))
                     break
                 except engine_mod.EngineStartError:
                     # the free port we picked was taken before vLLM bound it: one retry on another port
@@ -184,7 +190,7 @@ class Run:
                         log_path.rename(log_path.with_suffix(".port-taken.log"))
                         continue
                     raise
-            self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port}")
+            self.progress.stage(config_id, f"engine healthy after {ready:.1f} s on port {eng.port}")
         except BaseException as exc:
             if slot.engine is not None:
                 engine_mod.stop(slot.engine)
@@ -279,7 +285,7 @@ class Run:
             slot.engine = None
             self._give_back(slot)
             if not attached:
-                self.log(f"quantgate: stopped engine {config_id!r}")
+                self.progress.stage(config_id, "engine stopped")
 
     def close(self) -> None:
         for config_id in list(self._slots):
@@ -311,7 +317,8 @@ class Run:
         with Client(eng.base_url, eng.served_model_name, eng.api_key, matrix.workload.request_timeout_s) as client:
             try:
                 if "grid" in cfg.workloads:
-                    result = run_grid(client, matrix.workload, cells, vocab)
+                    result = run_grid(client, matrix.workload, cells, vocab,
+                                      progress=lambda text: self.progress.stage(config_id, text))
                 else:
                     result, cells = WorkloadResult(), []
                 extra = self._extra_workloads(client, cfg, matrix, vocab, source)
@@ -372,7 +379,9 @@ class Run:
             acc = matrix.accuracy
             problems = (accuracy.load_jsonl(acc.path) if acc.path
                         else accuracy.generate_problems(seed=acc.seed, n=acc.problems))
-            result = accuracy.run_accuracy(client, problems, max_tokens=acc.max_tokens, concurrency=acc.concurrency)
+            self.progress.stage(cfg.id, f"accuracy: {len(problems)} problems")
+            result = accuracy.run_accuracy(client, problems, max_tokens=acc.max_tokens, concurrency=acc.concurrency,
+                                           progress=lambda text: self.progress.stage(cfg.id, text))
             figures.append(accuracy.accuracy_figure(result))
         return figures
 

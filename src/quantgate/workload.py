@@ -273,12 +273,15 @@ def run_grid(
     measure = PromptMaker(vocab_size, MEASURE_SEED)
     out = WorkloadResult()
     shortest = min(settings.outputs.values())
+    if progress and settings.warmup:
+        progress("warm-up")
     for ctx in sorted({c.context for c in cells}):
         for _ in range(settings.warmup):
             client.complete(warm.make(ctx), shortest, cell="warmup")
             out.warmup_requests += 1
     window_start = client.metrics()
-    for rep in range(settings.repeats):
+    total = settings.repeats * len(cells)
+    for _ in range(settings.repeats):
         for cell in cells:
             before = client.metrics()
             result = client.complete(measure.make(cell.context), cell.max_tokens, cell=cell.key)
@@ -286,7 +289,7 @@ def run_grid(
             _attach_server_figures(result, before, after)
             out.requests.append(result)
             if progress:
-                progress(f"rep {rep + 1}/{settings.repeats} {cell.key}: {result.server_decode_tps:.1f} tok/s")
+                progress(f"cell {len(out.requests)}/{total} ({cell.key}): {result.server_decode_tps:.1f} tok/s")
     if settings.settle_s:
         time.sleep(settings.settle_s)
     window_end = client.metrics()

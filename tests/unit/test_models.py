@@ -456,6 +456,7 @@ def test_arith_recipe() -> None:
 
 
 @needs_transformers
+@pytest.mark.timeout(900)  # two training runs: 245 s on a loaded 2-core box, close to the ini's 300 s
 def test_trained_build_is_deterministic_and_loads(dense: Path, cache: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The training step itself, in-process and cut to 30 steps of a 1-layer model (the real one takes ~3 min)."""
