@@ -180,6 +180,16 @@ class BaselineStore:
             atomic_write(path, baseline.to_json())
         return path
 
+    def kinds(self) -> list[str]:
+        """Hardware ids with at least one recorded config baseline (a noise model alone does not count)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(d.name for d in self.root.iterdir()
+                      if d.is_dir() and any(p.name != NOISE_FILE for p in d.glob("*.json")))
+
+    def has_noise(self, hardware: str) -> bool:
+        return (self.root / hardware / NOISE_FILE).is_file()
+
     def noise(self, hardware: str, default: float) -> NoiseModel:
         path = self.root / hardware / NOISE_FILE
         try:

@@ -23,11 +23,11 @@ MAX_SPEC_TOKENS = 8
 
 _CONFIG_KEYS = {
     "id", "label", "model", "quantization", "speculative", "env", "serve_args", "hardware",
-    "expected_failure", "max_model_len", "reference", "tags", "workloads",
+    "expected_failure", "max_model_len", "reference", "tags", "workloads", "expected_slow", "budget_s",
 }
 WORKLOADS = ("grid", "benchy", "concurrency", "accuracy")
 _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", "prompt_lookup_min", "extra"}
-_WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "settle_s"}
+_WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "request_deadline_s", "settle_s"}
 _TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy"}
 _ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
 _GATE_KEYS = {"mode", "reference", "default_tolerance"}
@@ -75,6 +75,25 @@ class ExpectedFailure:
 
 
 @dataclass(frozen=True)
+class ExpectedSlow:
+    """A config whose code path crawls on some CPU kind (fp8 emulated at 0.7 tok/s): its tests are skipped
+    there with the measured speed as the reason, so it does not hold the lane up."""
+
+    reason: str
+    hardware: tuple[str, ...] = ()  # where it crawls; empty: everywhere the config runs
+
+    def applies_to(self, hardware_id: str) -> bool:
+        return not self.hardware or any(
+            h == hardware_id or (h == "cpu" and hardware_id.startswith("cpu")) for h in self.hardware)
+
+
+# Seconds a config's workloads may take after its engine is up, unless the matrix says otherwise
+# (budget_s): a 2-core CPU runs a whole config in a few minutes; a GPU config with benchy and a
+# concurrency sweep needs longer.
+DEFAULT_BUDGET_S = {"cpu": 900.0, "gpu": 1800.0}
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     id: str
     model: str | dict[str, Any]  # a path, or a recipe table (quantgate synthesizes it)
@@ -89,6 +108,8 @@ class EngineConfig:
     tags: tuple[str, ...] = ()
     source: str = ""  # "file.toml: config 'id'" for messages
     workloads: tuple[str, ...] = ("grid",)  # grid, benchy, concurrency, accuracy
+    expected_slow: ExpectedSlow | None = None
+    budget_s: float | None = None  # None: DEFAULT_BUDGET_S for the hardware
 
     @property
     def spec_label(self) -> str:
@@ -110,7 +131,8 @@ class WorkloadSettings:
     contexts: tuple[int, ...] = (0, 512)
     repeats: int = 3
     warmup: int = 2
-    request_timeout_s: float = 120.0
+    request_timeout_s: float = 120.0  # silence: no byte for this long
+    request_deadline_s: float = 600.0  # wall clock of one request: a stream trickling a token a second ends too
     settle_s: float = 0.0
 
 
@@ -247,13 +269,32 @@ def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Pat
         raise MatrixError(f"{where}: unknown workload {unknown_workloads[0] if unknown_workloads else '(none)'!r} "
                           f"(known: {', '.join(WORKLOADS)})")
     return EngineConfig(
-        workloads=workloads,
+        workloads=workloads, expected_slow=_parse_expected_slow(merged.get("expected_slow"), where),
+        budget_s=_parse_budget(merged.get("budget_s"), where),
         id=cid, model=model, quantization=quant, hardware=hardware,
         speculative=_parse_speculative(merged.get("speculative"), where),
         env=env_raw, serve_args=serve_args, max_model_len=mml, expected_failure=expected,
         label=str(merged.get("label", "")), tags=_str_list(merged.get("tags", []), where, "tags"),
         source=where,
     )
+
+
+def _parse_expected_slow(raw: Any, where: str) -> ExpectedSlow | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("reason"), str) or not raw["reason"].strip():
+        raise MatrixError(f"{where}: expected_slow needs a 'reason' string (the measured speed), got {raw!r}")
+    _check_keys(raw, {"reason", "hardware"}, f"{where} expected_slow")
+    hardware = _str_list(raw.get("hardware", []), where, "expected_slow hardware")
+    return ExpectedSlow(reason=raw["reason"], hardware=hardware)
+
+
+def _parse_budget(raw: Any, where: str) -> float | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not raw > 0:
+        raise MatrixError(f"{where}: budget_s must be a number of seconds > 0, got {raw!r}")
+    return float(raw)
 
 
 def _parse_workload(raw: Mapping[str, Any], path: Path) -> WorkloadSettings:
@@ -274,9 +315,14 @@ def _parse_workload(raw: Mapping[str, Any], path: Path) -> WorkloadSettings:
     warmup = raw.get("warmup", base.warmup)
     if not isinstance(warmup, int) or warmup < 0:
         raise MatrixError(f"{where}: warmup must be an integer >= 0, got {warmup!r}")
+    for key in ("request_timeout_s", "request_deadline_s"):
+        value = raw.get(key, getattr(base, key))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise MatrixError(f"{where}: {key} must be a number of seconds > 0, got {value!r}")
     return WorkloadSettings(
         outputs=dict(outputs), contexts=tuple(contexts), repeats=repeats, warmup=warmup,
         request_timeout_s=float(raw.get("request_timeout_s", base.request_timeout_s)),
+        request_deadline_s=float(raw.get("request_deadline_s", base.request_deadline_s)),
         settle_s=float(raw.get("settle_s", base.settle_s)),
     )
 

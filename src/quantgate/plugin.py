@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import shlex
 import signal
 from collections import Counter, defaultdict
 from dataclasses import asdict
@@ -47,6 +49,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="count indeterminate verdicts (too noisy to tell) as failures")
     group.addoption("--qg-start-timeout", type=float, default=None, metavar="S",
                     help="seconds an engine may take to become healthy (default 900)")
+    group.addoption("--qg-budget", type=float, default=None, metavar="S",
+                    help="seconds each config's workloads may take after its engine is up, for every config "
+                         "(default: budget_s in the matrix, else 900 on CPU, 1800 on GPU; 0: no budget)")
     group.addoption("--qg-prestart", action="store_true", default=False,
                     help="start every selected engine at once before the first test and wait for all of "
                          "them; measurements still run one at a time (the others idle)")
@@ -107,6 +112,11 @@ class QuantgateState:
                 extra_serve_args_for=tuple(self.config.getoption("qg_only")),
                 launcher=launcher_from_env(),
             )
+            budget = self.config.getoption("qg_budget")
+            if budget is not None:
+                if budget < 0:
+                    raise MatrixError(f"--qg-budget {budget:g}: must be a number of seconds >= 0 (0: no budget)")
+                settings.budget_override_s = budget
             if self.config.getoption("qg_start_timeout"):
                 settings.start_timeout_s = float(self.config.getoption("qg_start_timeout"))
             tr = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -218,6 +228,9 @@ def _config_marks(cfg: EngineConfig, hardware: Hardware, group: str) -> list[Any
         marks.append(pytest.mark.skip(
             reason=f"config {cfg.id!r} is for {', '.join(cfg.hardware)}; this machine is {hardware.id} "
                    f"({hardware.name})"))
+    elif cfg.expected_slow is not None and cfg.expected_slow.applies_to(hardware.id):
+        # skipped, never passed: the reason (the measured speed) shows in the summary
+        marks.append(pytest.mark.skip(reason=f"expected slow on {hardware.id}: {cfg.expected_slow.reason}"))
     elif cfg.expected_failure is not None and cfg.expected_failure.applies_to(hardware.id):
         raises = engine_mod.EngineStartError if cfg.expected_failure.stage == "start" else None
         marks.append(pytest.mark.xfail(reason=cfg.expected_failure.reason, raises=raises, strict=True))
@@ -275,10 +288,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
 
+NO_BASELINES_EXIT = 6  # documented in docs/new-hardware.md; 4 stays pytest's usage error
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     state = _state(session.config)
     selected = [cid for cid in map(_config_id_of, session.items) if cid]
     state.remaining = Counter(selected)
+    _first_run_on_this_hardware(session.config, state, selected)
     expr = session.config.getoption("markexpr") or ""
     wanted = {tok for tok in re.findall(r"[\w-]+", expr) if tok in MARKERS}
     if not wanted:
@@ -295,6 +312,53 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             f"quantgate: -m {expr!r} selects configs for {', '.join(sorted(wanted))}, but this machine is "
             f"{hardware.id} ({hardware.name}); run it on a matching runner{hint}", returncode=4)
     _prestart(session, state, selected)
+
+
+def _first_run_on_this_hardware(config: pytest.Config, state: QuantgateState, selected: list[str]) -> None:
+    """No baseline at all for this hardware: one message and exit NO_BASELINES_EXIT before any engine
+    starts, instead of one failure per test after a full run. Under --update-baselines: say what a first
+    recording gives and what it does not (a noise model)."""
+    if not selected or config.getoption("collectonly"):
+        return
+    run = state.run
+    hw = run.hardware
+    runnable = [c for c in dict.fromkeys(selected) if _gated_here(run.config(c), hw.id)]
+    if not runnable or hw.id in run.store.kinds():
+        return
+    matrix_tol = {run.matrix_of(c).gate.default_tolerance for c in runnable}
+    if state.update:
+        if not run.store.has_noise(hw.id):
+            run.log(f"quantgate: first baselines for {hw.id}: this run records {len(runnable)} config(s); "
+                    f"there is no noise model for {hw.id} yet, so later runs gate at the matrix's default "
+                    f"tolerance ({', '.join(f'{t:.0%}' for t in sorted(matrix_tol))}) until `quantgate "
+                    f"calibrate` on this machine writes {run.store.root.name}/{hw.id}/noise.json")
+        return
+    from .budget import record_estimate
+
+    kinds = run.store.kinds()
+    est = record_estimate([(run.config(c), run.matrix_of(c)) for c in runnable], hw.is_gpu, run.store, kinds,
+                          run.settings.budget_override_s)
+    pytest.exit(
+        f"quantgate: no baselines for this hardware: {hw.id} ({hw.name}) has none under {run.store.root}; "
+        f"baselines exist for: {', '.join(kinds) or 'no hardware yet'}. Record them on this machine with "
+        f"`{_update_command(config)}` (about {est.seconds / 60:.0f} min for {len(runnable)} configs, {est.basis}), "
+        f"then `quantgate calibrate` for its noise model. If {hw.id} is not this machine, set QUANTGATE_HARDWARE.",
+        returncode=NO_BASELINES_EXIT)
+
+
+def _gated_here(cfg: EngineConfig, hardware_id: str) -> bool:
+    """The config runs and is gated on this hardware (neither skipped as slow nor expected to fail)."""
+    return (cfg.applies_to(hardware_id)
+            and not (cfg.expected_slow and cfg.expected_slow.applies_to(hardware_id))
+            and not (cfg.expected_failure and cfg.expected_failure.applies_to(hardware_id)))
+
+
+def _update_command(config: pytest.Config) -> str:
+    """The command that was run, with --update-baselines: `quantgate run` says how it was invoked."""
+    invoked = os.environ.get("QUANTGATE_INVOKED_AS")
+    if invoked:
+        return f"{invoked} --update-baselines"
+    return shlex.join(["pytest", *config.invocation_params.args, "--update-baselines"])
 
 
 def _prestart(session: pytest.Session, state: QuantgateState, selected: list[str]) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import budget as budget_mod
 from . import engine as engine_mod
 from . import hardware as hardware_mod
 from . import kernels as kernels_mod
@@ -51,6 +52,7 @@ class Settings:
     python: str | None = None  # interpreter with vLLM; default: ours
     launcher: LauncherSettings = field(default_factory=LauncherSettings)  # local, container or attach
     gpu_leases: bool = True  # on GPUs: each engine takes its GPUs from the host-wide pool (quantgate.gpus)
+    budget_override_s: float | None = None  # --qg-budget: every config's budget (0: none); None: the matrix's
 
 
 def new_run_id() -> str:
@@ -63,6 +65,7 @@ class _Slot:
     error: BaseException | None = None
     measurement: Measurement | None = None
     lease: Lease | None = None
+    budget_checked: bool = False
 
 
 class KernelLogUnavailable(RuntimeError):
@@ -138,7 +141,37 @@ class Run:
         return engine_mod.ResolvedModels(model=one(cfg.model, "model"), draft=draft)
 
     def engine(self, config_id: str) -> engine_mod.Engine:
-        """The config's running engine, started on first use; a failed start is remembered and re-raised."""
+        """The config's running engine, started on first use and probed against the config's time budget
+        once; a failed start or an exceeded budget is remembered and re-raised."""
+        eng = self._engine(config_id)
+        slot = self._slots[config_id]
+        if not slot.budget_checked:
+            slot.budget_checked = True
+            try:
+                self._check_budget(config_id, eng)
+            except budget_mod.BudgetExceeded as exc:
+                self.release(config_id)  # a crawling engine holds the lane's cores: stop it now
+                slot.error = exc
+                raise
+        return eng
+
+    def _check_budget(self, config_id: str, eng: engine_mod.Engine) -> None:
+        cfg, matrix = self.config(config_id), self.matrix_of(config_id)
+        budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
+        if budget is None:
+            return
+        vocab = _vocab_size(Path(self.resolve_models(cfg).model))
+        with self._client(eng, matrix) as client:
+            tps = budget_mod.probe_decode_tps(client, vocab)
+        need = budget_mod.check_budget(cfg, matrix, tps, budget)
+        self.log(f"quantgate: {config_id!r} decodes {tps:.3g} tok/s in the probe: its workloads need "
+                 f"at least {need:.0f} s of its {budget:.0f} s budget")
+
+    def _client(self, eng: engine_mod.Engine, matrix: Matrix) -> Client:
+        w = matrix.workload
+        return Client(eng.base_url, eng.served_model_name, eng.api_key, w.request_timeout_s, w.request_deadline_s)
+
+    def _engine(self, config_id: str) -> engine_mod.Engine:
         slot = self._slots.setdefault(config_id, _Slot())
         if slot.error is not None:
             raise slot.error
@@ -307,7 +340,7 @@ class Run:
         started = time.monotonic()
         source = "server" if matrix.gate.mode == "relative" else "client"
         extra: list[Figure] = []
-        with Client(eng.base_url, eng.served_model_name, eng.api_key, matrix.workload.request_timeout_s) as client:
+        with self._client(eng, matrix) as client:
             try:
                 if "grid" in cfg.workloads:
                     result = run_grid(client, matrix.workload, cells, vocab)

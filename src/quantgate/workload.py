@@ -145,19 +145,30 @@ def http_error(status: int, text: str) -> WorkloadError:
     return WorkloadError(f"POST /v1/completions answered HTTP {status}: {text[:300]!r}")
 
 
-def sse_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[tuple[float, dict[str, Any]]]:
+def sse_events(http: httpx.Client, body: dict[str, Any],
+               deadline_s: float | None = None) -> Iterator[tuple[float, dict[str, Any]]]:
     """POST a streaming /v1/completions; yield (perf_counter time of arrival, event) for every SSE data event.
-    Raises WorkloadError on an HTTP error, a malformed event, or a stream that ends without [DONE]."""
+    Raises WorkloadError on an HTTP error, a malformed event, a stream that ends without [DONE], or one still
+    streaming deadline_s after the request went out (httpx's timeout counts only silence, so a stream that
+    trickles a token a second would otherwise never end)."""
+    start = time.perf_counter()
+    events = 0
     with http.stream("POST", "/v1/completions", json=body) as resp:
         if resp.status_code != 200:
             resp.read()
             raise http_error(resp.status_code, resp.text)
         for line in resp.iter_lines():
             now = time.perf_counter()
+            if deadline_s is not None and now - start > deadline_s:
+                raise WorkloadError(
+                    f"request still streaming after its deadline of {deadline_s:g} s ([workload] "
+                    f"request_deadline_s): {events} events in {now - start:.0f} s, max_tokens "
+                    f"{body.get('max_tokens')}")
             event = sse_event(line)
             if event == SSE_DONE:
                 return
             if isinstance(event, dict):
+                events += 1
                 yield now, event
     raise WorkloadError(TRUNCATED)
 
@@ -165,10 +176,12 @@ def sse_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[tuple[float
 class Client:
     """A small streaming client for /v1/completions; timing uses time.perf_counter around the socket reads."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0,
+                 deadline_s: float | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
         self.model = model
+        self.deadline_s = deadline_s  # wall clock of one streamed request; timeout_s counts silence only
         self.http = httpx.Client(base_url=base_url, headers=headers,
                                  timeout=httpx.Timeout(timeout_s, connect=10.0))
 
@@ -201,7 +214,7 @@ class Client:
         last: float | None = None
         chunks = 0
         start = time.perf_counter()
-        for now, event in sse_events(self.http, body):
+        for now, event in sse_events(self.http, body, self.deadline_s):
             if event.get("usage"):
                 usage = event["usage"]
             choices = event.get("choices") or []
