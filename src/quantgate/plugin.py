@@ -453,9 +453,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or (not state.verdicts and not state.report_paths and not state.updated):
+    if state is None:
         return
     tr = terminalreporter
+    _summarize_expected_slow(tr, state)
+    if not state.verdicts and not state.report_paths and not state.updated:
+        return
     tr.write_sep("=", "quantgate verdicts")
     if state._run is not None:
         tr.write_line(f"hardware: {state.run.hardware.id} ({state.run.hardware.name})")
@@ -467,8 +470,25 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                       f"now {v.measured:>9.4g} {delta:>7} tol {tol}")
     for path in state.updated:
         tr.write_line(f"baseline written: {path}")
+    if state.updated and state._run is not None and not state.run.store.has_noise(state.run.hardware.id):
+        tr.write_line(f"no noise model for {state.run.hardware.id} yet: run `quantgate calibrate` on this machine "
+                      f"(A/A runs, about 10 min) to set its tolerances")
     for path in state.report_paths:
         tr.write_line(f"report: {path}")
+
+
+def _summarize_expected_slow(tr: Any, state: QuantgateState) -> None:
+    """Configs skipped as expected slow here, with the reason: skipped is not passed, and says why."""
+    if state._run is None:
+        return
+    hw = state.run.hardware.id
+    slow = [state.run.config(cid) for cid in state.remaining]
+    slow = [c for c in slow if c.applies_to(hw) and c.expected_slow and c.expected_slow.applies_to(hw)]
+    if slow:
+        tr.write_sep("=", "quantgate: expected slow here, skipped")
+        for cfg in slow:
+            assert cfg.expected_slow is not None
+            tr.write_line(f"  SKIPPED  {cfg.id:14} {cfg.expected_slow.reason}")
 
 
 @contextlib.contextmanager
