@@ -72,6 +72,7 @@ class QuantgateState:
         self.verdicts: list[Verdict] = []
         self.updated: list[Path] = []
         self.report_paths: list[Path] = []
+        self.no_baselines_checked = False  # under xdist: once, on the first worker's collection
         # pytest-xdist workers share the controller's run id, hence one results folder and one report
         workerinput = getattr(config, "workerinput", None)
         self.run_id: str = (workerinput or {}).get("quantgate_run_id") or new_run_id()
@@ -194,11 +195,17 @@ _SPREAD_MODES = ("load", "loadgroup", "loadscope", "loadfile", "worksteal")
 def xdist_scope(run: Run, config_ids: list[str], nodeid: str) -> str:
     """The scheduling unit of a test: its config's reference (or the config), found in the parameter id
     (`test_figure[<config>-<figure>]`); any other test is its own unit."""
+    cid = config_of_nodeid(config_ids, nodeid)
+    return nodeid if cid is None else "quantgate:" + (run.reference_of(cid) or cid)
+
+
+def config_of_nodeid(config_ids: list[str], nodeid: str) -> str | None:
+    """The config a test id belongs to, from its parameter id; config_ids longest first."""
     param = nodeid[nodeid.find("[") + 1:-1] if nodeid.endswith("]") and "[" in nodeid else ""
     for cid in config_ids:  # longest first: "w4a16-eagle3" before "w4a16"
         if param == cid or param.startswith(cid + "-"):
-            return "quantgate:" + (run.reference_of(cid) or cid)
-    return nodeid
+            return cid
+    return None
 
 
 def _install_sigterm() -> None:
@@ -318,8 +325,8 @@ def _first_run_on_this_hardware(config: pytest.Config, state: QuantgateState, se
     """No baseline at all for this hardware: one message and exit NO_BASELINES_EXIT before any engine
     starts, instead of one failure per test after a full run. Under --update-baselines: say what a first
     recording gives and what it does not (a noise model)."""
-    if not selected or config.getoption("collectonly"):
-        return
+    if not selected or config.getoption("collectonly") or hasattr(config, "workerinput"):
+        return  # an xdist worker leaves it to the controller (pytest_xdist_node_collection_finished)
     run = state.run
     hw = run.hardware
     runnable = [c for c in dict.fromkeys(selected) if _gated_here(run.config(c), hw.id)]
@@ -341,9 +348,21 @@ def _first_run_on_this_hardware(config: pytest.Config, state: QuantgateState, se
     pytest.exit(
         f"quantgate: no baselines for this hardware: {hw.id} ({hw.name}) has none under {run.store.root}; "
         f"baselines exist for: {', '.join(kinds) or 'no hardware yet'}. Record them on this machine with "
-        f"`{_update_command(config)}` (about {est.seconds / 60:.0f} min for {len(runnable)} configs, {est.basis}), "
+        f"`{_update_command(config)}` (about {est.seconds / 60:.0f} min for {len(runnable)} config(s), {est.basis}), "
         f"then `quantgate calibrate` for its noise model. If {hw.id} is not this machine, set QUANTGATE_HARDWARE.",
         returncode=NO_BASELINES_EXIT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist: the controller collects nothing itself; the first worker's collection stands in."""
+    state = node.config.stash.get(STATE_KEY, None)
+    if state is None or state._run is None or state.no_baselines_checked:
+        return
+    state.no_baselines_checked = True
+    by_length = sorted((c.id for c in state.run.configs()), key=len, reverse=True)
+    selected = [cid for cid in (config_of_nodeid(by_length, i) for i in ids) if cid]
+    _first_run_on_this_hardware(node.config, state, selected)
 
 
 def _gated_here(cfg: EngineConfig, hardware_id: str) -> bool:

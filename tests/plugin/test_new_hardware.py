@@ -46,7 +46,7 @@ def test_no_baselines_for_this_hardware_stops_before_any_engine(qg, pytester: py
     assert f"no baselines for this hardware: {HW}" in out
     assert "baselines exist for: cpu-elsewhere" in out
     assert "-m cpu -k 'ref or w4' --update-baselines` (about" in out  # the command as typed, plus the flag
-    assert "about 2 min for 2 configs" in out  # 104 tokens at cpu-elsewhere's 100 tok/s + 60 s start, twice
+    assert "about 2 min for 2 config(s)" in out  # 104 tokens at cpu-elsewhere's 100 tok/s + 60 s start, twice
     assert not (pytester.path / "pids.txt").exists()  # no engine was started
     assert time.monotonic() - started < 60
     assert "passed" not in out and "failed" not in out
@@ -102,3 +102,14 @@ def test_under_ci_a_figure_without_baseline_fails(qg, pytester: pytest.Pytester,
     assert "FAILED test_gate.py::test_figure[w4-rel_decode_tps[ctx=0,out=long]]" in out
     assert "no baseline" in out
     assert result.ret == 1
+
+
+def test_no_baselines_stop_under_xdist(qg, pytester: pytest.Pytester) -> None:
+    pytest.importorskip("xdist")
+    shutil.rmtree(pytester.path / "baselines" / HW)
+    result = qg("-n", "2", "-k", "ref or w4")
+    assert result.ret == 6  # the controller stops on the first worker's collection, not an INTERNALERROR
+    out = result.stdout.str()
+    assert f"no baselines for this hardware: {HW}" in out and "for 2 config(s)" in out
+    assert "INTERNALERROR" not in out
+    assert not (pytester.path / "pids.txt").exists()
