@@ -118,6 +118,12 @@ class EngineConfig:
     def applies_to(self, hardware_id: str) -> bool:
         return any(h == hardware_id or (h == "cpu" and hardware_id.startswith("cpu")) for h in self.hardware)
 
+    def gated_on(self, hardware_id: str) -> bool:
+        """Runs and is gated on this hardware: neither skipped there as slow nor expected to fail there."""
+        return (self.applies_to(hardware_id)
+                and not (self.expected_slow and self.expected_slow.applies_to(hardware_id))
+                and not (self.expected_failure and self.expected_failure.applies_to(hardware_id)))
+
     def with_serve_args(self, extra: tuple[str, ...]) -> EngineConfig:
         from dataclasses import replace
 

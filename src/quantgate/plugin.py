@@ -328,29 +328,15 @@ def _first_run_on_this_hardware(config: pytest.Config, state: QuantgateState, se
     if not selected or config.getoption("collectonly") or hasattr(config, "workerinput"):
         return  # an xdist worker leaves it to the controller (pytest_xdist_node_collection_finished)
     run = state.run
-    hw = run.hardware
-    runnable = [c for c in dict.fromkeys(selected) if _gated_here(run.config(c), hw.id)]
-    if not runnable or hw.id in run.store.kinds():
-        return
-    matrix_tol = {run.matrix_of(c).gate.default_tolerance for c in runnable}
+    ids = list(dict.fromkeys(selected))
     if state.update:
-        if not run.store.has_noise(hw.id):
-            run.log(f"quantgate: first baselines for {hw.id}: this run records {len(runnable)} config(s); "
-                    f"there is no noise model for {hw.id} yet, so later runs gate at the matrix's default "
-                    f"tolerance ({', '.join(f'{t:.0%}' for t in sorted(matrix_tol))}) until `quantgate "
-                    f"calibrate` on this machine writes {run.store.root.name}/{hw.id}/noise.json")
+        note = run.first_baselines_note(ids)
+        if note:
+            run.log(note)
         return
-    from .budget import record_estimate
-
-    kinds = run.store.kinds()
-    est = record_estimate([(run.config(c), run.matrix_of(c)) for c in runnable], hw.is_gpu, run.store, kinds,
-                          run.settings.budget_override_s)
-    pytest.exit(
-        f"quantgate: no baselines for this hardware: {hw.id} ({hw.name}) has none under {run.store.root}; "
-        f"baselines exist for: {', '.join(kinds) or 'no hardware yet'}. Record them on this machine with "
-        f"`{_update_command(config)}` (about {est.seconds / 60:.0f} min for {len(runnable)} config(s), {est.basis}), "
-        f"then `quantgate calibrate` for its noise model. If {hw.id} is not this machine, set QUANTGATE_HARDWARE.",
-        returncode=NO_BASELINES_EXIT)
+    message = run.no_baselines_message(ids, _update_command(config))
+    if message:
+        pytest.exit(message, returncode=NO_BASELINES_EXIT)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -363,13 +349,6 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
     by_length = sorted((c.id for c in state.run.configs()), key=len, reverse=True)
     selected = [cid for cid in (config_of_nodeid(by_length, i) for i in ids) if cid]
     _first_run_on_this_hardware(node.config, state, selected)
-
-
-def _gated_here(cfg: EngineConfig, hardware_id: str) -> bool:
-    """The config runs and is gated on this hardware (neither skipped as slow nor expected to fail)."""
-    return (cfg.applies_to(hardware_id)
-            and not (cfg.expected_slow and cfg.expected_slow.applies_to(hardware_id))
-            and not (cfg.expected_failure and cfg.expected_failure.applies_to(hardware_id)))
 
 
 def _update_command(config: pytest.Config) -> str:

@@ -486,6 +486,39 @@ class Run:
             "cpu_count": hw.cpu_count, "versions": hw.versions,
         }
 
+    # --- a hardware kind without baselines ----------------------------------------------------------
+    def _first_of_kind(self, config_ids: list[str]) -> list[str]:
+        """The configs gated here, when this hardware has no baseline at all (else none)."""
+        gated = [c for c in config_ids if self.config(c).gated_on(self.hardware.id)]
+        return gated if gated and self.hardware.id not in self.store.kinds() else []
+
+    def no_baselines_message(self, config_ids: list[str], update_command: str) -> str | None:
+        """One message for a machine whose hardware has no baselines at all: what was found, where baselines
+        exist, the command that records them and about how long it takes (quantgate.budget)."""
+        gated = self._first_of_kind(config_ids)
+        if not gated:
+            return None
+        hw, kinds = self.hardware, self.store.kinds()
+        est = budget_mod.record_estimate([(self.config(c), self.matrix_of(c)) for c in gated], hw.is_gpu,
+                                         self.store, kinds, self.settings.budget_override_s)
+        return (f"quantgate: no baselines for this hardware: {hw.id} ({hw.name}) has none under {self.store.root}; "
+                f"baselines exist for: {', '.join(kinds) or 'no hardware yet'}. Record them on this machine with "
+                f"`{update_command}` (about {est.seconds / 60:.0f} min for {len(gated)} config(s), {est.basis}), "
+                f"then `quantgate calibrate` for its noise model. If {hw.id} is not this machine, set "
+                f"QUANTGATE_HARDWARE.")
+
+    def first_baselines_note(self, config_ids: list[str]) -> str | None:
+        """What a first --update-baselines on this kind gives, and what it does not (a noise model)."""
+        gated = self._first_of_kind(config_ids)
+        hw = self.hardware.id
+        if not gated or self.store.has_noise(hw):
+            return None
+        tolerances = sorted({self.matrix_of(c).gate.default_tolerance for c in gated})
+        return (f"quantgate: first baselines for {hw}: this run records {len(gated)} config(s); there is no noise "
+                f"model for {hw} yet, so later runs gate at the matrix's default tolerance "
+                f"({', '.join(f'{t:.0%}' for t in tolerances)}) until `quantgate calibrate` on this machine "
+                f"writes {self.store.root.name}/{hw}/noise.json")
+
     def update_baseline(self, config_id: str, figure_names: set[str] | None = None) -> Path:
         m = self.measurement(config_id)
         figs = [f for n, f in m.figures.items() if figure_names is None or n in figure_names]

@@ -97,6 +97,8 @@ def test_expected_slow_applies_to_its_hardware_only(tmp_path: Path) -> None:
     assert slow is not None and slow.reason == "0.7 tok/s"
     assert slow.applies_to("cpu-amx") and not slow.applies_to("cpu-avx2")
     assert m.get("dense").expected_slow is None
+    assert m.get("dense").gated_on("cpu-amx") and m.get("crawl").gated_on("cpu-avx2")
+    assert not m.get("crawl").gated_on("cpu-amx")  # skipped there: a kind with only such configs never stops
 
 
 @pytest.mark.fault("matrix", "budget_s / expected_slow / request_deadline_s wrong", "one line naming file and value")
