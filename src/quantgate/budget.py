@@ -14,14 +14,10 @@ from dataclasses import dataclass
 
 from .baselines import BaselineError, BaselineStore
 from .matrix import DEFAULT_BUDGET_S, EngineConfig, Matrix
-from .workload import Client, PromptMaker, WorkloadError, grid
+from .workload import BudgetExceeded, Client, PromptMaker, grid
 
 PROBE_TOKENS = 16  # long enough for a decode rate, short enough to cost seconds even at 1 tok/s
 PROBE_SEED = 7171  # a prompt stream of its own: the grid's prompts stay uncached
-
-
-class BudgetExceeded(WorkloadError):
-    """The probe says this config's workloads cannot finish within its budget."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ def check_budget(cfg: EngineConfig, matrix: Matrix, decode_tps: float, budget_s:
     if budget_s is not None and need > budget_s:
         raise BudgetExceeded(
             f"config {cfg.id!r}: decode {decode_tps:.3g} tok/s in the probe; its workloads "
-            f"({cost.describe()} tokens) need at least {need:.0f} s, over its budget of {budget_s:.0f} s "
+            f"({cost.describe()} tokens) need at least {need:.0f} s, over its budget of {budget_s:g} s "
             f"(budget_s in {matrix.path.name}, or --qg-budget S)")
     return need
 

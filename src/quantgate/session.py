@@ -167,9 +167,11 @@ class Run:
         self.log(f"quantgate: {config_id!r} decodes {tps:.3g} tok/s in the probe: its workloads need "
                  f"at least {need:.0f} s of its {budget:.0f} s budget")
 
-    def _client(self, eng: engine_mod.Engine, matrix: Matrix) -> Client:
+    def _client(self, eng: engine_mod.Engine, matrix: Matrix, budget_s: float | None = None) -> Client:
         w = matrix.workload
-        return Client(eng.base_url, eng.served_model_name, eng.api_key, w.request_timeout_s, w.request_deadline_s)
+        budget = (budget_s, f"config {eng.config.id!r}") if budget_s is not None else None
+        return Client(eng.base_url, eng.served_model_name, eng.api_key, w.request_timeout_s, w.request_deadline_s,
+                      budget=budget)
 
     def _engine(self, config_id: str) -> engine_mod.Engine:
         slot = self._slots.setdefault(config_id, _Slot())
@@ -340,13 +342,19 @@ class Run:
         started = time.monotonic()
         source = "server" if matrix.gate.mode == "relative" else "client"
         extra: list[Figure] = []
-        with self._client(eng, matrix) as client:
+        # the probe's estimate is a lower bound: the budget also stops the workloads once it is spent
+        budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
+        with self._client(eng, matrix, budget) as client:
             try:
                 if "grid" in cfg.workloads:
                     result = run_grid(client, matrix.workload, cells, vocab)
                 else:
                     result, cells = WorkloadResult(), []
                 extra = self._extra_workloads(client, cfg, matrix, vocab, source)
+            except budget_mod.BudgetExceeded as exc:
+                self.release(config_id)
+                slot.error = exc  # every remaining test of the config fails at once with this line
+                raise
             except Exception as exc:
                 deadline = time.monotonic() + 3.0  # a dying server drops the connection just before it exits
                 while eng.alive() and time.monotonic() < deadline:

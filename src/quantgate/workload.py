@@ -30,6 +30,10 @@ class WorkloadError(RuntimeError):
     """The server answered wrongly (HTTP error, broken stream, missing usage, zero tokens)."""
 
 
+class BudgetExceeded(WorkloadError):
+    """A config's workloads cannot finish (quantgate.budget's probe) or did not finish within its budget."""
+
+
 @dataclass(frozen=True)
 class Cell:
     context: int
@@ -177,13 +181,21 @@ class Client:
     """A small streaming client for /v1/completions; timing uses time.perf_counter around the socket reads."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0,
-                 deadline_s: float | None = None) -> None:
+                 deadline_s: float | None = None, budget: tuple[float, str] | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
         self.model = model
         self.deadline_s = deadline_s  # wall clock of one streamed request; timeout_s counts silence only
-        self.http = httpx.Client(base_url=base_url, headers=headers,
+        # (seconds, what): no request starts once the config's budget is spent, whichever workload sends it
+        self._budget_end = (time.monotonic() + budget[0], budget[0], budget[1]) if budget else None
+        self.http = httpx.Client(base_url=base_url, headers=headers, event_hooks={"request": [self._check_budget]},
                                  timeout=httpx.Timeout(timeout_s, connect=10.0))
+
+    def _check_budget(self, request: httpx.Request) -> None:
+        if self._budget_end is not None and time.monotonic() > self._budget_end[0]:
+            _, seconds, what = self._budget_end
+            raise BudgetExceeded(f"{what}: its workloads ran past its budget of {seconds:g} s "
+                                 f"(budget_s in the matrix, or --qg-budget S)")
 
     def close(self) -> None:
         self.http.close()

@@ -113,3 +113,20 @@ def test_no_baselines_stop_under_xdist(qg, pytester: pytest.Pytester) -> None:
     assert f"no baselines for this hardware: {HW}" in out and "for 2 config(s)" in out
     assert "INTERNALERROR" not in out
     assert not (pytester.path / "pids.txt").exists()
+
+
+@pytest.mark.fault("budget", "workloads slower than the probe's estimate (per-request latency)",
+                   "the config's tests fail once its budget is spent; the others still run")
+def test_workloads_stop_when_the_budget_is_spent(qg, pytester: pytest.Pytester) -> None:
+    matrix = pytester.path / "matrix.toml"
+    # the probe times decode only (104 tokens: well under 6 s); 7 grid requests of 2 s latency take over 14 s
+    matrix.write_text(matrix.read_text() + '\n[[config]]\nid = "laggy"\nbudget_s = 6.5\n'
+                      'env = { FAKE_LATENCY_S = "2" }\n')
+    started = time.monotonic()
+    result = qg("--update-baselines", "-k", "laggy or w4")
+    # w4: kernels + 2 ratios; laggy: its kernel snapshot (taken before the workloads) passes, its 2 ratios fail
+    result.assert_outcomes(passed=4, failed=2)
+    out = result.stdout.str()
+    assert "BudgetExceeded: config 'laggy': its workloads ran past its budget of 6.5 s" in out
+    assert_no_engine_left(pytester.path)
+    assert time.monotonic() - started < 90

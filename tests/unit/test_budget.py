@@ -171,3 +171,16 @@ def test_record_estimate_uses_the_slowest_recorded_kind_and_caps_at_budget(tmp_p
     assert capped.seconds == pytest.approx(5.0 + 5.0 + 2 * 60)
     nothing = record_estimate(configs, False, BaselineStore(tmp_path / "none"), [])
     assert nothing.seconds == pytest.approx(300 + 60 + 2 * 60) and "budget" in nothing.basis
+
+
+@pytest.mark.fault("budget", "workloads slower than the probe said", "no request starts once the budget is spent")
+def test_client_starts_no_request_once_the_budget_is_spent() -> None:
+    from quantgate.budget import BudgetExceeded as Raised
+
+    with FakeServer(tokens_per_s=1000) as srv, Client(srv.url, "m", budget=(0.5, "config 'x'")) as client:
+        client.complete([1, 2, 3], 4)
+        client.metrics()
+        time.sleep(0.6)
+        with pytest.raises(Raised, match=r"^config 'x': its workloads ran past its budget of 0.5 s"):
+            client.complete([1, 2, 3], 4)
+    assert len(srv.requests) == 1  # the second request never went out
