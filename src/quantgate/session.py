@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import budget as budget_mod
 from . import engine as engine_mod
 from . import hardware as hardware_mod
 from . import kernels as kernels_mod
@@ -53,6 +54,7 @@ class Settings:
     python: str | None = None  # interpreter with vLLM; default: ours
     launcher: LauncherSettings = field(default_factory=LauncherSettings)  # local, container or attach
     gpu_leases: bool = True  # on GPUs: each engine takes its GPUs from the host-wide pool (quantgate.gpus)
+    budget_override_s: float | None = None  # --qg-budget: every config's budget (0: none); None: the matrix's
 
 
 def new_run_id() -> str:
@@ -65,6 +67,7 @@ class _Slot:
     error: BaseException | None = None
     measurement: Measurement | None = None
     lease: Lease | None = None
+    budget_checked: bool = False
 
 
 class KernelLogUnavailable(QuantgateError, RuntimeError):
@@ -142,7 +145,39 @@ class Run:
         return engine_mod.ResolvedModels(model=one(cfg.model, "model"), draft=draft)
 
     def engine(self, config_id: str) -> engine_mod.Engine:
-        """The config's running engine, started on first use; a failed start is remembered and re-raised."""
+        """The config's running engine, started on first use and probed against the config's time budget
+        once; a failed start or an exceeded budget is remembered and re-raised."""
+        eng = self._engine(config_id)
+        slot = self._slots[config_id]
+        if not slot.budget_checked:
+            slot.budget_checked = True
+            try:
+                self._check_budget(config_id, eng)
+            except budget_mod.BudgetExceeded as exc:
+                self.release(config_id)  # a crawling engine holds the lane's cores: stop it now
+                slot.error = exc
+                raise
+        return eng
+
+    def _check_budget(self, config_id: str, eng: engine_mod.Engine) -> None:
+        cfg, matrix = self.config(config_id), self.matrix_of(config_id)
+        budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
+        if budget is None:
+            return
+        vocab = _vocab_size(Path(self.resolve_models(cfg).model))
+        with self._client(eng, matrix) as client:
+            tps = budget_mod.probe_decode_tps(client, vocab)
+        need = budget_mod.check_budget(cfg, matrix, tps, budget)
+        self.log(f"quantgate: {config_id!r} decodes {tps:.3g} tok/s in the probe: its workloads need "
+                 f"at least {need:.0f} s of its {budget:.0f} s budget")
+
+    def _client(self, eng: engine_mod.Engine, matrix: Matrix, budget_s: float | None = None) -> Client:
+        w = matrix.workload
+        budget = (budget_s, f"config {eng.config.id!r}") if budget_s is not None else None
+        return Client(eng.base_url, eng.served_model_name, eng.api_key, w.request_timeout_s, w.request_deadline_s,
+                      budget=budget)
+
+    def _engine(self, config_id: str) -> engine_mod.Engine:
         slot = self._slots.setdefault(config_id, _Slot())
         if slot.error is not None:
             raise slot.error
@@ -314,7 +349,9 @@ class Run:
         started = time.monotonic()
         source: RecordSource = "server" if matrix.gate.mode == "relative" else "client"
         extra: list[Figure] = []
-        with Client(eng.base_url, eng.served_model_name, eng.api_key, matrix.workload.request_timeout_s) as client:
+        # the probe's estimate is a lower bound: the budget also stops the workloads once it is spent
+        budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
+        with self._client(eng, matrix, budget) as client:
             try:
                 if "grid" in cfg.workloads:
                     result = run_grid(client, matrix.workload, cells, vocab,
@@ -322,6 +359,10 @@ class Run:
                 else:
                     result, cells = WorkloadResult(), []
                 extra = self._extra_workloads(client, cfg, matrix, vocab, source)
+            except budget_mod.BudgetExceeded as exc:
+                self.release(config_id)
+                slot.error = exc  # every remaining test of the config fails at once with this line
+                raise
             except Exception as exc:
                 deadline = time.monotonic() + 3.0  # a dying server drops the connection just before it exits
                 while eng.alive() and time.monotonic() < deadline:
@@ -462,6 +503,39 @@ class Run:
             "hardware_name": hw.name, "compute_capability": hw.compute_capability, "driver": hw.driver,
             "cpu_count": hw.cpu_count, "versions": hw.versions,
         }
+
+    # --- a hardware kind without baselines ----------------------------------------------------------
+    def _first_of_kind(self, config_ids: list[str]) -> list[str]:
+        """The configs gated here, when this hardware has no baseline at all (else none)."""
+        gated = [c for c in config_ids if self.config(c).gated_on(self.hardware.id)]
+        return gated if gated and self.hardware.id not in self.store.kinds() else []
+
+    def no_baselines_message(self, config_ids: list[str], update_command: str) -> str | None:
+        """One message for a machine whose hardware has no baselines at all: what was found, where baselines
+        exist, the command that records them and about how long it takes (quantgate.budget)."""
+        gated = self._first_of_kind(config_ids)
+        if not gated:
+            return None
+        hw, kinds = self.hardware, self.store.kinds()
+        est = budget_mod.record_estimate([(self.config(c), self.matrix_of(c)) for c in gated], hw.is_gpu,
+                                         self.store, kinds, self.settings.budget_override_s)
+        return (f"quantgate: no baselines for this hardware: {hw.id} ({hw.name}) has none under {self.store.root}; "
+                f"baselines exist for: {', '.join(kinds) or 'no hardware yet'}. Record them on this machine with "
+                f"`{update_command}` (about {est.seconds / 60:.0f} min for {len(gated)} config(s), {est.basis}), "
+                f"then `quantgate calibrate` for its noise model. If {hw.id} is not this machine, set "
+                f"QUANTGATE_HARDWARE.")
+
+    def first_baselines_note(self, config_ids: list[str]) -> str | None:
+        """What a first --update-baselines on this kind gives, and what it does not (a noise model)."""
+        gated = self._first_of_kind(config_ids)
+        hw = self.hardware.id
+        if not gated or self.store.has_noise(hw):
+            return None
+        tolerances = sorted({self.matrix_of(c).gate.default_tolerance for c in gated})
+        return (f"quantgate: first baselines for {hw}: this run records {len(gated)} config(s); there is no noise "
+                f"model for {hw} yet, so later runs gate at the matrix's default tolerance "
+                f"({', '.join(f'{t:.0%}' for t in tolerances)}) until `quantgate calibrate` on this machine "
+                f"writes {self.store.root.name}/{hw}/noise.json")
 
     def update_baseline(self, config_id: str, figure_names: set[str] | None = None) -> Path:
         m = self.measurement(config_id)

@@ -42,6 +42,8 @@ def checked_snapshot(resp: httpx.Response, model: str) -> MetricsSnapshot:
     except MetricsError as exc:
         raise WorkloadError(f"GET {resp.request.url}: {exc}") from None
     return snapshot
+class BudgetExceeded(WorkloadError):
+    """A config's workloads cannot finish (quantgate.budget's probe) or did not finish within its budget."""
 
 
 @dataclass(frozen=True)
@@ -168,19 +170,30 @@ def http_error(status: int, text: str) -> WorkloadError:
     return WorkloadError(f"POST /v1/completions answered HTTP {status}: {text[:300]!r}")
 
 
-def sse_events(http: httpx.Client, body: dict[str, Any]) -> Iterator[tuple[float, dict[str, Any]]]:
+def sse_events(http: httpx.Client, body: dict[str, Any],
+               deadline_s: float | None = None) -> Iterator[tuple[float, dict[str, Any]]]:
     """POST a streaming /v1/completions; yield (perf_counter time of arrival, event) for every SSE data event.
-    Raises WorkloadError on an HTTP error, a malformed event, or a stream that ends without [DONE]."""
+    Raises WorkloadError on an HTTP error, a malformed event, a stream that ends without [DONE], or one still
+    streaming deadline_s after the request went out (httpx's timeout counts only silence, so a stream that
+    trickles a token a second would otherwise never end)."""
+    start = time.perf_counter()
+    events = 0
     with http.stream("POST", "/v1/completions", json=body) as resp:
         if resp.status_code != 200:
             resp.read()
             raise http_error(resp.status_code, resp.text)
         for line in resp.iter_lines():
             now = time.perf_counter()
+            if deadline_s is not None and now - start > deadline_s:
+                raise WorkloadError(
+                    f"request still streaming after its deadline of {deadline_s:g} s ([workload] "
+                    f"request_deadline_s): {events} events in {now - start:.0f} s, max_tokens "
+                    f"{body.get('max_tokens')}")
             event = sse_event(line)
             if event == SSE_DONE:
                 return
             if isinstance(event, dict):
+                events += 1
                 yield now, event
     raise WorkloadError(TRUNCATED)
 
@@ -207,12 +220,22 @@ def carries_token(choice: dict[str, Any]) -> bool:
 class Client:
     """A small streaming client for /v1/completions; timing uses time.perf_counter around the socket reads."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 120.0,
+                 deadline_s: float | None = None, budget: tuple[float, str] | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url
         self.model = model
-        self.http = httpx.Client(base_url=base_url, headers=headers,
+        self.deadline_s = deadline_s  # wall clock of one streamed request; timeout_s counts silence only
+        # (seconds, what): no request starts once the config's budget is spent, whichever workload sends it
+        self._budget_end = (time.monotonic() + budget[0], budget[0], budget[1]) if budget else None
+        self.http = httpx.Client(base_url=base_url, headers=headers, event_hooks={"request": [self._check_budget]},
                                  timeout=httpx.Timeout(timeout_s, connect=10.0))
+
+    def _check_budget(self, request: httpx.Request) -> None:
+        if self._budget_end is not None and time.monotonic() > self._budget_end[0]:
+            _, seconds, what = self._budget_end
+            raise BudgetExceeded(f"{what}: its workloads ran past its budget of {seconds:g} s "
+                                 f"(budget_s in the matrix, or --qg-budget S)")
 
     def close(self) -> None:
         self.http.close()
@@ -233,7 +256,7 @@ class Client:
         last: float | None = None
         chunks = 0
         start = time.perf_counter()
-        for now, event in sse_events(self.http, body):
+        for now, event in sse_events(self.http, body, self.deadline_s):
             if event.get("usage"):
                 usage = event["usage"]
             choices = event.get("choices") or []

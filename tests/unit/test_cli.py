@@ -40,13 +40,16 @@ def test_kernels_command_missing_file(capsys: pytest.CaptureFixture[str], tmp_pa
 
 def test_run_passes_pytest_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[list[str]] = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    envs: list[dict[str, str]] = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: seen.append(cmd) or envs.append(env) or 0)
     monkeypatch.setenv("QUANTGATE_HARDWARE", "cpu-avx2")
-    assert cli.main(["run", "-v", "-k", "w8a8", "--update-baselines"]) == 0
+    assert cli.main(["run", "-v", "-k", "w8a8 or bf16"]) == 0
     cmd = seen[0]
     assert cmd[:3] == [sys.executable, "-m", "pytest"]
     assert cmd[cmd.index("-m", 3) + 1] == "cpu"
-    assert cmd[-4:] == ["-v", "-k", "w8a8", "--update-baselines"]
+    assert cmd[-3:] == ["-v", "-k", "w8a8 or bf16"]
+    # the plugin's messages (no baselines here: rerun with --update-baselines) name the command as typed
+    assert envs[0]["QUANTGATE_INVOKED_AS"] == "quantgate run -v -k 'w8a8 or bf16'"
 
 
 def test_console_script_is_installed() -> None:
