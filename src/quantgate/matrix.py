@@ -23,7 +23,7 @@ MAX_SPEC_TOKENS = 8
 
 _CONFIG_KEYS = {
     "id", "label", "model", "quantization", "speculative", "env", "serve_args", "hardware",
-    "expected_failure", "max_model_len", "reference", "tags", "workloads",
+    "expected_failure", "max_model_len", "reference", "tags", "workloads", "baseline_of",
 }
 WORKLOADS = ("grid", "benchy", "concurrency", "accuracy")
 _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", "prompt_lookup_min", "extra"}
@@ -89,6 +89,9 @@ class EngineConfig:
     tags: tuple[str, ...] = ()
     source: str = ""  # "file.toml: config 'id'" for messages
     workloads: tuple[str, ...] = ("grid",)  # grid, benchy, concurrency, accuracy
+    # judged against this config's baseline and never writes one: a fresh-engine copy for calibration, or a
+    # copy with an injected slowdown (scripts/gpu/copies.py writes such matrices)
+    baseline_of: str | None = None
 
     @property
     def spec_label(self) -> str:
@@ -246,8 +249,11 @@ def _parse_config(raw: Mapping[str, Any], defaults: Mapping[str, Any], path: Pat
     if unknown_workloads or not workloads:
         raise MatrixError(f"{where}: unknown workload {unknown_workloads[0] if unknown_workloads else '(none)'!r} "
                           f"(known: {', '.join(WORKLOADS)})")
+    baseline_of = raw.get("baseline_of")
+    if baseline_of is not None and (not isinstance(baseline_of, str) or not baseline_of or baseline_of == cid):
+        raise MatrixError(f"{where}: baseline_of must name another config id, got {baseline_of!r}")
     return EngineConfig(
-        workloads=workloads,
+        workloads=workloads, baseline_of=baseline_of,
         id=cid, model=model, quantization=quant, hardware=hardware,
         speculative=_parse_speculative(merged.get("speculative"), where),
         env=env_raw, serve_args=serve_args, max_model_len=mml, expected_failure=expected,
@@ -302,6 +308,7 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
             raise MatrixError(f"{path}: duplicate config id {cfg.id!r}")
         seen.add(cfg.id)
         configs.append(cfg)
+
     gate_raw = data.get("gate", {})
     _check_keys(gate_raw, _GATE_KEYS, f"{path}: [gate]")
     gate = GateSettings(

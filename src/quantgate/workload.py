@@ -280,7 +280,9 @@ def figures_from(result: WorkloadResult, cells: list[Cell], record_source: str, 
             "client": tuple(r.client_decode_tps for r in rows),
         }
         bursts = sum(r.burst for r in rows)
-        figures.append(Figure(f"decode_tps[{cell.key}]", "tok/s", True, by_source[record_source], record_source))
+        # max_tokens: the roofline reads the KV cache at the cell's mean context, prompt + half the output
+        figures.append(Figure(f"decode_tps[{cell.key}]", "tok/s", True, by_source[record_source], record_source,
+                              extra={"max_tokens": cell.max_tokens}))
         figures.append(Figure(
             f"decode_tps_{other}[{cell.key}]", "tok/s", True, by_source[other], other, gated=False,
             note=f"{bursts}/{len(rows)} streams arrived in one burst" if bursts else "",
