@@ -13,14 +13,15 @@
 # e.g. "update:--keep sm90-a3b-w4a16,sm90-a3b-fp8 sm90-a3b-w4a16:aa1"
 #
 # Baselines and results live in /tmp/qg on the device, so later calls on the same (warm) machine see what
-# earlier ones recorded; each call leaves in $OUT: NAME-wN-pytest.log, NAME-wN-junit.xml, NAME-qg.tgz
-# (results + baselines/sm90-*), NAME-gpu.csv (GPU memory every 5 s), NAME-env.txt. Every wave is stopped with
+# earlier ones recorded; each call leaves in $OUT NAME-qg.tgz (results/, baselines/, calls/NAME/: wN-pytest.log,
+# wN-junit.xml, gpu.csv with GPU memory every 5 s, env.txt, install.log) and NAME-env.txt. Every wave is stopped with
 # SIGINT before BUDGET_S (pytest still writes its report), so the call ends inside `run`'s limit.
 set -u
 T0=$(date +%s)
 name=$1 budget=$2; shift 2
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-bash .stage/kit/install.sh >"$OUT/$name-install.log" 2>&1 || { tail -5 "$OUT/$name-install.log"; exit 3; }
+LOGS=/tmp/qg/calls/$name; mkdir -p "$LOGS"  # $OUT brings back 8 files at most: logs travel inside the tgz
+bash .stage/kit/install.sh >"$LOGS/install.log" 2>&1 || { tail -5 "$LOGS/install.log"; exit 3; }
 . .stage/kit/env.sh
 [ -d /tmp/qgdeps/syrupy ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
   --target /tmp/qgdeps .whl/*.whl
@@ -37,9 +38,12 @@ mkdir -p /tmp/qg/results
 [ -d /tmp/qg/baselines ] || cp -r baselines /tmp/qg/baselines
 { date -u; uptime; nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.used,memory.total --format=csv
   python3 -c 'import quantgate.hardware as h; d=h.detect(); print(d.baseline_key, d.versions)'
-  ls ~/.cache 2>/dev/null; } 2>&1 | tee "$OUT/$name-env.txt"
-nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -l 5 >"$OUT/$name-gpu.csv" 2>&1 &
+  ls ~/.cache 2>/dev/null; } 2>&1 | tee "$LOGS/env.txt"
+nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -l 5 >"$LOGS/gpu.csv" 2>&1 &
 smi=$!
+# quantgate travels as source: load its pytest plugin by name unless an install registered it
+plug="-p quantgate.plugin"
+python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.plugin" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
 echo "setup done after $(( $(date +%s) - T0 )) s"
 i=0
 for step in "$@"; do
@@ -47,7 +51,7 @@ for step in "$@"; do
   left=$(( budget - ($(date +%s) - T0) - 30 ))
   if [ "$step" = calibrate ]; then
     python3 scripts/gpu/calibrate_runs.py /tmp/qg/baselines "$(python3 -c 'import quantgate.hardware as h; print(h.detect().baseline_key)')" \
-      /tmp/qg/results 2>&1 | tee "$OUT/$name-w$i-calibrate.log"
+      /tmp/qg/results 2>&1 | tee "$LOGS/w$i-calibrate.log"
     continue
   fi
   mode=${step%%:*} spec=${step#*:}
@@ -56,14 +60,15 @@ for step in "$@"; do
   upd=""; [ "$mode" = update ] && upd=--update-baselines
   if [ $left -lt 120 ]; then echo "wave $i skipped: $left s left"; continue; fi
   echo "wave $i ($mode: $spec) with $left s left, at $(( $(date +%s) - T0 )) s"
-  timeout -s INT -k 30 $left python3 -m pytest -p quantgate.plugin tests/regression -m sm90 -p no:cacheprovider \
-    --qg-matrix /tmp/qg/$name-w$i.toml --qg-prestart --qg-start-timeout 420 --qg-baselines /tmp/qg/baselines \
-    --qg-results /tmp/qg/results $upd --junitxml="$OUT/$name-w$i-junit.xml" 2>&1 | tee "$OUT/$name-w$i-pytest.log" \
+  timeout -s INT -k 30 $left python3 -m pytest $plug tests/regression -m sm90 -p no:cacheprovider \
+    --qg-matrix /tmp/qg/$name-w$i.toml --qg-prestart --qg-start-timeout "${QG_START_TIMEOUT:-420}" --qg-baselines /tmp/qg/baselines \
+    --qg-results /tmp/qg/results $upd --junitxml="$LOGS/w$i-junit.xml" 2>&1 | tee "$LOGS/w$i-pytest.log" \
     | grep -E "quantgate:|PASSED|FAILED|ERROR|passed|failed|UPDATED|FAIL |PASS " | tail -60
   echo "wave $i rc=${PIPESTATUS[0]} at $(( $(date +%s) - T0 )) s"
 done
 kill $smi 2>/dev/null
-pgrep -af "vllm|quantgate.vllm_entry" | head -5
-tar czf "$OUT/$name-qg.tgz" -C /tmp/qg results baselines 2>/dev/null
+pgrep -af "vllm|quantgate.vllm_entry" | cut -c1-160 | head -5  # engines left behind (none expected)
+tar czf "$OUT/$name-qg.tgz" -C /tmp/qg results baselines calls 2>/dev/null
+cp "$LOGS/env.txt" "$OUT/$name-env.txt"
 ls -la "$OUT"
 echo "QG_DEVICE_SECONDS $name $(( $(date +%s) - T0 ))"
