@@ -96,10 +96,11 @@ class NoiseModel:
     tolerances: dict[str, float]
     default: float
     source: str = "default"
+    sources: dict[str, str] = field(default_factory=dict)  # a metric whose tolerance came from elsewhere
 
     def tolerance(self, metric: str) -> tuple[float, str]:
         if metric in self.tolerances:
-            return self.tolerances[metric], self.source
+            return self.tolerances[metric], self.sources.get(metric, self.source)
         return self.default, "default tolerance (no calibration for this metric)"
 
 

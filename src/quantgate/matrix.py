@@ -30,7 +30,7 @@ _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", 
 _WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "settle_s"}
 _TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy"}
 _ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
-_GATE_KEYS = {"mode", "reference", "default_tolerance"}
+_GATE_KEYS = {"mode", "reference", "default_tolerance", "engine_figures"}
 
 
 class MatrixError(ValueError):
@@ -122,6 +122,9 @@ class GateSettings:
     mode: str = "absolute"  # "relative": gate figures as ratios to the reference config of the same session
     reference: str | None = None
     default_tolerance: float = 0.25
+    # gate start-up seconds, weight memory and KV-cache capacity too (session.ENGINE_FIGURES, each with its own
+    # tolerance): a graph capture that hangs or a backend that doubles memory fails the gate
+    engine_figures: bool = False
 
 
 @dataclass(frozen=True)
@@ -314,6 +317,7 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     gate = GateSettings(
         mode=gate_raw.get("mode", "absolute"), reference=gate_raw.get("reference"),
         default_tolerance=float(gate_raw.get("default_tolerance", 0.25)),
+        engine_figures=bool(gate_raw.get("engine_figures", False)),
     )
     if gate.mode not in ("absolute", "relative"):
         raise MatrixError(f"{path}: [gate] mode must be 'absolute' or 'relative', got {gate.mode!r}")

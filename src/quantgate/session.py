@@ -446,7 +446,12 @@ class Run:
         return self.hardware.baseline_key
 
     def noise(self, config_id: str) -> NoiseModel:
-        return self.store.noise(self.baseline_key, self.matrix_of(config_id).gate.default_tolerance)
+        noise = self.store.noise(self.baseline_key, self.matrix_of(config_id).gate.default_tolerance)
+        own = {k: v for k, v in ENGINE_FIGURES.items() if k not in noise.tolerances}
+        if not own:
+            return noise
+        return replace(noise, tolerances={**noise.tolerances, **own},
+                       sources={**noise.sources, **{k: "engine figure tolerance" for k in own}})
 
     def baseline_id(self, config_id: str) -> str:
         """Whose baseline a config is judged against: its own, or `baseline_of`'s (a calibration copy or an
@@ -537,6 +542,11 @@ def machine_start_condition(hardware: Hardware) -> str | None:
     return "first"
 
 
+# Engine figures gated where the matrix asks ([gate] engine_figures = true), each with its own tolerance unless
+# noise.json calibrates one: start-up moves with compile caches and a machine's first start (seen 136-288 s for
+# the same config on an H200), so only a doubling and more fails; memory and KV capacity are deterministic.
+ENGINE_FIGURES: dict[str, float] = {"engine_ready_s": 1.5, "model_memory_gib": 0.05, "kv_cache_tokens": 0.05}
+
 _LOG_FIGURES = (
     # (figure, unit, higher is better, pattern): what the engine's log says about memory at start-up
     ("model_memory_gib", "GiB", False, r"Model loading took ([\d.]+) GiB memory"),
@@ -597,6 +607,8 @@ def gated_figure_names(cfg: EngineConfig, matrix: Matrix) -> list[str]:
             from .concurrency import SweepSettings
 
             names += [f"output_tps[c={c}]" for c in SweepSettings(**matrix.concurrency).levels]
+    if matrix.gate.engine_figures and matrix.gate.mode == "absolute":
+        names += list(ENGINE_FIGURES)
     if cfg.speculative is not None and cells:
         names.append("acceptance_length")
     if "accuracy" in cfg.workloads:

@@ -76,8 +76,9 @@ def test_wrapped_step_keeps_the_result_and_is_marked() -> None:
 
 
 def test_entry_point_is_declared() -> None:
-    import tomllib
     from pathlib import Path
+
+    from quantgate.matrix import tomllib  # tomli on Python 3.10
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     eps = pyproject["project"]["entry-points"]["vllm.general_plugins"]
