@@ -9,7 +9,7 @@
 #   update:<copies.py args>   a wave: the matrix copies.py makes from fixtures/matrix/sm90.toml, every engine
 #                             prestarted at once, measured one at a time, baselines (and kernel snapshots) recorded
 #   check:<copies.py args>    a wave judged against the stored baselines (copies against their original's)
-#   calibrate                 noise.json from every engine measured so far on this machine (calibrate_runs.py)
+#   calibrate[:<args>]        noise.json from every engine measured so far on this machine (calibrate_runs.py)
 # e.g. "update:--keep sm90-a3b-w4a16,sm90-a3b-fp8 sm90-a3b-w4a16:aa1"
 #
 # Baselines and results live in /tmp/qg on the device, so later calls on the same (warm) machine see what
@@ -49,9 +49,11 @@ i=0
 for step in "$@"; do
   i=$((i + 1))
   left=$(( budget - ($(date +%s) - T0) - 30 ))
-  if [ "$step" = calibrate ]; then
+  if [ "${step%%:*}" = calibrate ]; then
+    cargs=""; [ "$step" != calibrate ] && cargs=${step#calibrate:}
+    # shellcheck disable=SC2086
     python3 scripts/gpu/calibrate_runs.py /tmp/qg/baselines "$(python3 -c 'import quantgate.hardware as h; print(h.detect().baseline_key)')" \
-      /tmp/qg/results 2>&1 | tee "$LOGS/w$i-calibrate.log"
+      /tmp/qg/results $cargs 2>&1 | tee "$LOGS/w$i-calibrate.log"
     continue
   fi
   mode=${step%%:*} spec=${step#*:}
