@@ -44,6 +44,7 @@ smi=$!
 # quantgate travels as source: load its pytest plugin by name unless an install registered it
 plug="-p quantgate.plugin"
 python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.plugin" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
+key=$(python3 -c 'import quantgate.hardware as h; print(h.detect().baseline_key)')
 echo "setup done after $(( $(date +%s) - T0 )) s"
 i=0
 for step in "$@"; do
@@ -52,8 +53,7 @@ for step in "$@"; do
   if [ "${step%%:*}" = calibrate ]; then
     cargs=""; [ "$step" != calibrate ] && cargs=${step#calibrate:}
     # shellcheck disable=SC2086
-    python3 scripts/gpu/calibrate_runs.py /tmp/qg/baselines "$(python3 -c 'import quantgate.hardware as h; print(h.detect().baseline_key)')" \
-      /tmp/qg/results $cargs 2>&1 | tee "$LOGS/w$i-calibrate.log"
+    python3 scripts/gpu/calibrate_runs.py /tmp/qg/baselines "$key" /tmp/qg/results $cargs 2>&1 | tee "$LOGS/w$i-calibrate.log"
     continue
   fi
   mode=${step%%:*} spec=${step#*:}
@@ -67,6 +67,12 @@ for step in "$@"; do
     --qg-results /tmp/qg/results $upd --junitxml="$LOGS/w$i-junit.xml" 2>&1 | tee "$LOGS/w$i-pytest.log" \
     | grep -E "quantgate:|PASSED|FAILED|ERROR|passed|failed|UPDATED|FAIL |PASS " | tail -60
   echo "wave $i rc=${PIPESTATUS[0]} at $(( $(date +%s) - T0 )) s"
+  # syrupy's --snapshot-update deletes the snapshots of configs this wave did not collect (earlier waves'):
+  # put them back, and drop the ones of copies (a copy is judged against its original's kernel record)
+  kdir=/tmp/qg/baselines/$key/kernels
+  if [ -d /tmp/qg/kernels-keep ]; then mkdir -p "$kdir"; cp -rn /tmp/qg/kernels-keep/. "$kdir/"; fi
+  find "$kdir" -name '*--*' -delete 2>/dev/null
+  [ -d "$kdir" ] && { rm -rf /tmp/qg/kernels-keep; cp -r "$kdir" /tmp/qg/kernels-keep; }
 done
 kill $smi 2>/dev/null
 pgrep -af "vllm|quantgate.vllm_entry" | cut -c1-160 | head -5  # engines left behind (none expected)
