@@ -47,7 +47,8 @@ def _log(config: str) -> Path:
 
 
 def test_every_captured_log_has_expectations() -> None:
-    captured = {p.name.removeprefix("vllm-0.26.0-h100-").removesuffix(".log") for p in CUDA.glob("*.log")}
+    captured = {p.name.removeprefix("vllm-0.26.0-h100-").removesuffix(".log")
+                for p in CUDA.glob("vllm-0.26.0-h100-*.log")}
     assert captured == set(EXPECTED)
 
 
