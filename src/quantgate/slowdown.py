@@ -3,7 +3,7 @@
 It measures the gate's power. vLLM loads `vllm.general_plugins` entry points in every process it starts (the
 engine core loads them in EngineCore.__init__, before its busy loop binds the step function); VLLM_PLUGINS
 can filter them. `register()` does nothing unless QUANTGATE_INJECT_SLOWDOWN=<fraction> is set; then it wraps
-EngineCore._process_engine_step and adds, after each step that ran the model, a delay of s x P, where P is
+EngineCoreProc._process_engine_step and adds, after each step that ran the model, a delay of s x P, where P is
 the step period (the previous step's end to this one's end, the previous delay included). In steady state the
 period becomes P = W + s P, i.e. W / (1 - s): tokens per second fall by exactly s, at any speed.
 
@@ -119,12 +119,13 @@ def register() -> None:
     fraction = fraction_from_env(os.environ.get(ENV))
     if not fraction:
         return
-    from vllm.v1.engine.core import EngineCore
+    # the busy loop lives in EngineCoreProc (the engine-core process), not in the EngineCore base class
+    from vllm.v1.engine.core import EngineCoreProc
 
-    current = EngineCore._process_engine_step
+    current = EngineCoreProc._process_engine_step
     if hasattr(current, "_quantgate_slowdown"):
         return  # loaded twice in one process (vLLM warns plugins may be)
-    EngineCore._process_engine_step = wrap_step(current, StepDelay(fraction))  # type: ignore[method-assign]
+    EngineCoreProc._process_engine_step = wrap_step(current, StepDelay(fraction))  # type: ignore[method-assign]
     # stderr, not a logger: vLLM configures only its own loggers, and this line must reach the engine log
     print(f"quantgate: injected slowdown {100 * fraction:.1f}% of every engine step ({ENV})",
           file=sys.stderr, flush=True)
