@@ -548,8 +548,9 @@ def machine_start_condition(hardware: Hardware) -> str | None:
 ENGINE_FIGURES: dict[str, float] = {"engine_ready_s": 1.5, "model_memory_gib": 0.05, "kv_cache_tokens": 0.05}
 
 _LOG_FIGURES = (
-    # (figure, unit, higher is better, pattern): what the engine's log says about memory at start-up
-    ("model_memory_gib", "GiB", False, r"Model loading took ([\d.]+) GiB memory"),
+    # (figure, unit, higher is better, pattern): what the engine's log says about memory at start-up; the V1
+    # runner writes "took X GiB memory and", the V2 runner (dense models) "took X GiB and"
+    ("model_memory_gib", "GiB", False, r"Model loading took ([\d.]+) GiB"),
     ("kv_cache_tokens", "tokens", True, r"GPU KV cache size: ([\d,]+) tokens"),
 )
 

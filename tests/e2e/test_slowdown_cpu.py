@@ -26,11 +26,12 @@ warmup = 2
 hardware = ["cpu"]
 max_model_len = 1024
 model = { recipe = "qwen3-dense" }
+env = { VLLM_CPU_KVCACHE_SPACE = "1" }
 [[config]]
 id = "plain"
 [[config]]
 id = "slowed"
-env = { QUANTGATE_INJECT_SLOWDOWN = "0.2" }
+env = { VLLM_CPU_KVCACHE_SPACE = "1", QUANTGATE_INJECT_SLOWDOWN = "0.2" }
 """
 
 
