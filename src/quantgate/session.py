@@ -269,16 +269,24 @@ class Run:
                 pending.append((config_id, slot.engine))
             except Exception as exc:
                 slot.error = exc
-        for config_id, eng in pending:
-            slot = self._slots[config_id]
-            try:
-                ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
-                self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port} "
-                         f"[prestart]")
-            except Exception as exc:
-                engine_mod.stop(eng)
-                slot.engine = None
-                slot.error = exc
+        # every engine is watched at once: waiting on them in turn stamped a quick engine "healthy" only when the
+        # slow ones before it were (on the H200, four engines all "healthy after 232.5 s"), so engine_ready_s
+        # and the first-start timings read the slowest engine
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
+            waits = [(cid, eng, pool.submit(engine_mod.wait_healthy, eng, self.settings.start_timeout_s))
+                     for cid, eng in pending]
+            for config_id, eng, wait in waits:
+                slot = self._slots[config_id]
+                try:
+                    ready = wait.result()
+                    self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port} "
+                             f"[prestart]")
+                except Exception as exc:
+                    engine_mod.stop(eng)
+                    slot.engine = None
+                    slot.error = exc
 
     def release(self, config_id: str) -> None:
         slot = self._slots.get(config_id)
