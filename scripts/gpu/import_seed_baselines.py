@@ -1,4 +1,4 @@
-"""Seed baselines/sm121 and baselines/sm120 from the figures the seed documents publish.
+"""Seed baselines/sm121-gb10 and baselines/sm120-rtx-pro-6000 from the figures the seed documents publish.
 
 Each file is marked "imported_from": "<seed doc>": the gate compares against it like any baseline, and the
 first `pytest -m sm121 --update-baselines` on real hardware replaces it whole (BaselineStore.update does not
@@ -98,10 +98,14 @@ def figure(name: str, value: float, doc: str) -> dict[str, object]:
             "note": f"copied from {doc}"}
 
 
+SEED_GPUS = {"sm121": "sm121-gb10", "sm120": "sm120-rtx-pro-6000"}  # the seeds' machines
+
+
 def main(argv: list[str]) -> int:
     root = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[2] / "baselines"
     store = BaselineStore(root)
-    for (hw, cid), parts in sorted(TABLE.items()):
+    for (marker, cid), parts in sorted(TABLE.items()):
+        hw = SEED_GPUS[marker]  # baselines are keyed by the exact GPU model (quantgate.hardware.baseline_key_for)
         figures = {name: figure(name, value, doc) for doc, figs in parts for name, value in figs.items()}
         docs = "; ".join(dict.fromkeys(doc.split(" (")[0] for doc, _ in parts))
         base = Baseline(config_id=cid, hardware=hw, figures=dict(sorted(figures.items())), kernels=None,

@@ -5,7 +5,7 @@
 # carry: .stage/kit .whl (syrupy wheel) .gpu-models (cache/: quantized recipes built on the CPU host;
 # fp4/: scripts/gpu/build_fp4.py output). Runs the regression suite on fixtures/matrix/sm90.toml with all
 # engines prestarted, stops it with SIGINT before QG_BUDGET_S (pytest still writes its report), and
-# leaves in $OUT: NAME-pytest.log, NAME-junit.xml, NAME-results.tgz (results/ + baselines/sm90), NAME-env.txt
+# leaves in $OUT: NAME-pytest.log, NAME-junit.xml, NAME-results.tgz (results/ + baselines/sm90-*), NAME-env.txt
 set -u
 T0=$(date +%s)
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -31,5 +31,5 @@ timeout -s INT -k 40 "${QG_BUDGET_S:-520}" python3 -m pytest $plug tests/regress
   --qg-start-timeout 420 \
   --junitxml="$OUT/$name-junit.xml" "$@" 2>&1 | tee "$OUT/$name-pytest.log"
 rc=${PIPESTATUS[0]}
-tar czf "$OUT/$name-results.tgz" results baselines/sm90 /tmp/qgmodels/.logs 2>/dev/null
+tar czf "$OUT/$name-results.tgz" results baselines/sm90-* /tmp/qgmodels/.logs 2>/dev/null
 echo "QG_DEVICE_SECONDS $name $(( $(date +%s) - T0 )) rc=$rc"

@@ -68,8 +68,13 @@ class Verdict:
     kernel_diff: tuple[str, ...] = ()
     spread: float | None = None  # measured CV
     interval: tuple[float, float] | None = None  # one-sided 95% bounds of "worse by", as fractions
+    notes: tuple[str, ...] = ()  # said with every message: versions that changed since the baseline, ...
 
     def message(self) -> str:
+        text = self._message()
+        return text + "".join(f"; {n}" for n in self.notes)
+
+    def _message(self) -> str:
         head = f"config {self.config_id!r} {self.figure}"
         if self.outcome == "missing":
             return (f"{head}: no baseline (measured {self.measured:.4g} {self.unit}); "
@@ -95,10 +100,11 @@ class NoiseModel:
     tolerances: dict[str, float]
     default: float
     source: str = "default"
+    sources: dict[str, str] = field(default_factory=dict)  # a metric whose tolerance came from elsewhere
 
     def tolerance(self, metric: str) -> tuple[float, str]:
         if metric in self.tolerances:
-            return self.tolerances[metric], self.source
+            return self.tolerances[metric], self.sources.get(metric, self.source)
         return self.default, "default tolerance (no calibration for this metric)"
 
 
@@ -229,6 +235,23 @@ def _noise_tolerances(path: Path, data: Any) -> dict[str, float]:
                                 f"{MAX_TOLERANCE:g}: above that a 10x slowdown passes); rerun `quantgate calibrate`")
         out[metric] = float(tol)
     return out
+def version_changes(baseline: Baseline | None, versions: dict[str, str]) -> list[str]:
+    """'vllm 0.26.0 -> 0.27.0' for every speed-moving version the baseline recorded that differs now (a
+    version the baseline did not record, or this run lacks, is not a change: older baselines lack some)."""
+    if baseline is None:
+        return []
+    old = baseline.environment.get("versions") or {}
+    return [f"{k} {old[k]} -> {versions[k]}" for k in sorted(old)
+            if k in versions and k != "quantgate" and str(old[k]) != str(versions[k])]
+
+
+def foreign_baselines(root: Path, hardware_id: str, key: str, config_id: str) -> list[str]:
+    """Folders of other GPU models of the same marker (sm90-h100 beside sm90-h200) that hold this config."""
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and p.name != key and (p.name == hardware_id or p.name.startswith(hardware_id + "-"))
+                  and (p / f"{config_id}.json").is_file())
 
 
 Z_ONE_SIDED_95 = 1.645

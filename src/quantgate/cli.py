@@ -166,7 +166,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     body = {"hardware": hw.id, "hardware_name": hw.name, "k": args.runs, "configs": args.config,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **noise_body(results, limits),
             "cross_session": cross_session_body(xs, stored)}
-    path = BaselineStore(Path(args.baselines)).write_noise(hw.id, body)
+    path = BaselineStore(Path(args.baselines)).write_noise(hw.baseline_key, body)
     print(table(results, limits.power))
     print()
     print(cross_table(xs, stored))

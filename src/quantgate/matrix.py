@@ -30,6 +30,7 @@ MAX_SPEC_TOKENS = 8
 _CONFIG_KEYS = {
     "id", "label", "model", "quantization", "speculative", "env", "serve_args", "hardware",
     "expected_failure", "max_model_len", "reference", "tags", "workloads", "expected_slow", "budget_s",
+    "baseline_of",
 }
 # A config id names files: baselines/<hw>/<id>.json and results/<run>/<id>/. It must not climb out of those
 # folders or land on a file quantgate writes itself (noise.json, workers/, report.md, kernels/ ...).
@@ -45,7 +46,7 @@ _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", 
 _WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "request_deadline_s", "settle_s"}
 _TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy"}
 _ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
-_GATE_KEYS = {"mode", "reference", "default_tolerance"}
+_GATE_KEYS = {"mode", "reference", "default_tolerance", "engine_figures"}
 
 
 # "absolute": figures against the stored baselines; "relative": decode speed as ratios to the reference config
@@ -131,6 +132,9 @@ class EngineConfig:
     workloads: tuple[str, ...] = ("grid",)  # grid, benchy, concurrency, accuracy
     expected_slow: ExpectedSlow | None = None
     budget_s: float | None = None  # None: DEFAULT_BUDGET_S for the hardware
+    # judged against this config's baseline and never writes one: a fresh-engine copy for calibration, or a
+    # copy with an injected slowdown (scripts/gpu/copies.py writes such matrices)
+    baseline_of: str | None = None
 
     @property
     def spec_label(self) -> str:
@@ -168,6 +172,9 @@ class GateSettings:
     mode: GateMode = "absolute"
     reference: str | None = None
     default_tolerance: float = 0.25
+    # gate start-up seconds, weight memory and KV-cache capacity too (session.ENGINE_FIGURES, each with its own
+    # tolerance): a graph capture that hangs or a backend that doubles memory fails the gate
+    engine_figures: bool = False
 
 
 @dataclass(frozen=True)
@@ -376,9 +383,12 @@ def _parse_config(raw: Any, defaults: Mapping[str, Any], path: Path) -> EngineCo
     if unknown_workloads or not workloads:
         raise MatrixError(f"{where}: unknown workload {unknown_workloads[0] if unknown_workloads else '(none)'!r} "
                           f"(known: {', '.join(WORKLOADS)})")
+    baseline_of = raw.get("baseline_of")
+    if baseline_of is not None and (not isinstance(baseline_of, str) or not baseline_of or baseline_of == cid):
+        raise MatrixError(f"{where}: baseline_of must name another config id, got {baseline_of!r}")
     return EngineConfig(
         workloads=workloads, expected_slow=_parse_expected_slow(merged.get("expected_slow"), where),
-        budget_s=_parse_budget(merged.get("budget_s"), where),
+        budget_s=_parse_budget(merged.get("budget_s"), where), baseline_of=baseline_of,
         id=cid, model=model, quantization=quant, hardware=hardware,
         speculative=_parse_speculative(merged.get("speculative"), where),
         env=env_raw, serve_args=serve_args, max_model_len=mml, expected_failure=expected,
@@ -483,11 +493,15 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
         configs.append(cfg)
     gate_raw = _table(data.get("gate", {}), str(path), "[gate]")
     _check_keys(gate_raw, _GATE_KEYS, f"{path}: [gate]")
+    engine_figures = gate_raw.get("engine_figures", False)
+    if not isinstance(engine_figures, bool):
+        raise MatrixError(f"{path}: [gate] engine_figures must be true or false, got {engine_figures!r}")
     gate = GateSettings(
         mode=gate_raw.get("mode", "absolute"), reference=gate_raw.get("reference"),
         # a tolerance is a fraction of the baseline: 1.0 already lets a figure halve (or double) unnoticed
         default_tolerance=_number(gate_raw.get("default_tolerance", 0.25), f"{path}: [gate]", "default_tolerance",
                                   0.0, 1.0, low_open=True),
+        engine_figures=engine_figures,
     )
     if not isinstance(gate.reference, (str, type(None))):
         raise MatrixError(f"{path}: [gate] reference must be a config id string, got {gate.reference!r}")

@@ -490,9 +490,11 @@ def _refresh_baseline(state: QuantgateState, cid: str) -> None:
         return
     try:
         # the whole grid was measured anyway: record every figure, gated or not, with its raw samples
-        state.updated.append(run.update_baseline(cid))
+        path = run.update_baseline(cid)
+        if path is not None:  # None: a copy judged against another config's baseline writes none
+            state.updated.append(path)
     except Exception as exc:
-        _write_failed(state, run.store.path(run.hardware.id, cid), exc, config_id=cid)
+        _write_failed(state, run.store.path(run.baseline_key, cid), exc, config_id=cid)
 
 
 def _write_failed(state: QuantgateState, path: Path | str, exc: BaseException, config_id: str | None = None) -> None:
@@ -600,7 +602,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     tr.write_sep("=", "quantgate verdicts")
     if state._run is not None:
-        tr.write_line(f"hardware: {state.run.hardware.id} ({state.run.hardware.name})")
+        hw = state.run.hardware
+        tr.write_line(f"hardware: {hw.id} ({hw.name}), baselines {hw.baseline_key}")
     for v in state.verdicts:
         base = f"{v.baseline:.4g}" if v.baseline is not None else "-"
         delta = f"{v.delta:+.1%}" if v.delta is not None else "-"
@@ -611,8 +614,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"baseline written: {path}")
     for line in state.write_failures:
         tr.write_line(f"REFRESH FAILED: {line}", red=True)
-    if state.updated and state._run is not None and not state.run.store.has_noise(state.run.hardware.id):
-        tr.write_line(f"no noise model for {state.run.hardware.id} yet: run `quantgate calibrate` on this machine "
+    if state.updated and state._run is not None and not state.run.store.has_noise(state.run.baseline_key):
+        tr.write_line(f"no noise model for {state.run.baseline_key} yet: run `quantgate calibrate` on this machine "
                       f"(A/A runs, about 10 min) to set its tolerances")
     for path in state.report_paths:
         tr.write_line(f"report: {path}")
@@ -722,7 +725,7 @@ def qg_explain(request: pytest.FixtureRequest) -> Any:
         except Exception as exc:  # the snapshot diff below still says what changed
             return f"kernel selection changed for {config_id!r} (figures unavailable: {exc})"
         if base is None:  # nothing to compare with: a first run on this hardware, not a change
-            return (f"no baseline or kernel snapshot recorded for config {config_id!r} on {run.hardware.id}: "
+            return (f"no baseline or kernel snapshot recorded for config {config_id!r} on {run.baseline_key}: "
                     f"record them with `pytest --update-baselines`")
         lines = [f"kernel selection changed for config {config_id!r}"]
         if base.kernels is not None:
@@ -746,7 +749,13 @@ def qg_kernel_snapshot(request: pytest.FixtureRequest, snapshot: Any) -> Any:
     from syrupy.extensions.json import JSONSnapshotExtension
 
     state = _state(request.config)
-    folder = state.run.store.root / state.hardware.id / "kernels"
+    cid = request.node.callspec.params.get("qg_config_id") if hasattr(request.node, "callspec") else None
+    if cid is not None and state.run.config(cid).baseline_of:
+        # a copy of a config (calibration, injected slowdown) must pick what its original's baseline recorded
+        base = state.run.baseline(cid)
+        if base is not None and base.kernels is not None:
+            return base.kernels
+    folder = state.run.store.root / state.run.baseline_key / "kernels"
 
     class PerHardwareKernels(JSONSnapshotExtension):
         @classmethod

@@ -60,6 +60,30 @@ def _accuracy_cell(m: Measurement) -> str:
     return f"{acc:.3f} ({x['wilson_lower']:.3f}..{x['wilson_upper']:.3f}, n={n})"
 
 
+def _environment_lines(run: Run, measured: list[Measurement]) -> list[str]:
+    """Where this run's speed-moving versions differ from a baseline's, and which start each engine was."""
+    from .baselines import version_changes
+
+    hw = run.hardware
+    lines = [f"Baselines: `{hw.baseline_key}`; versions: "
+             + ", ".join(f"{k} {v}" for k, v in sorted(hw.versions.items())) + ".", ""]
+    rows = []
+    for m in measured:
+        try:
+            base = run.baseline(m.config.id)
+        except Exception:  # a corrupt baseline is reported by its tests
+            continue
+        changes = version_changes(base, hw.versions)
+        start = m.start_condition or "-"
+        base_start = (base.environment.get("start_condition") if base else None) or "-"
+        if changes or start != base_start:
+            rows.append(f"| {m.config.id} | {', '.join(changes) or 'none'} | {start} | {base_start} |")
+    if rows:
+        lines += ["## Environment changes since the baselines", "",
+                  "| Config | Versions changed | This start | Baseline's start |", "|---|---|---|---|", *rows, ""]
+    return lines
+
+
 def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict],
              history_plots: dict[tuple[str, str], Path] | None = None) -> str:
     hw = run.hardware
@@ -94,6 +118,7 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict],
         lines += [f"- {cid} `{fig}`: [{path.name}]({os.path.relpath(path, run.results)})"
                   for (cid, fig), path in sorted(history_plots.items())]
         lines.append("")
+    lines += _environment_lines(run, measured)
     by_id = {m.config.id: m for m in measured}
     ref_ids = {run.reference_of(cid) for cid in by_id} - {None}
     with_acc = any("math_accuracy" in m.figures for m in measured)  # the column only where a config has it

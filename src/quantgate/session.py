@@ -15,11 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import baselines as baselines_mod
 from . import budget as budget_mod
 from . import engine as engine_mod
 from . import hardware as hardware_mod
 from . import kernels as kernels_mod
 from . import models as models_mod
+from . import shapes as shapes_mod
 from .baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
 from .errors import QuantgateError
 from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
@@ -41,6 +43,7 @@ class Measurement:
     workload: WorkloadResult
     engine_ready_s: float | None
     log_path: Path | None
+    start_condition: str | None = None  # "first" start on this machine since boot, or "warm"
 
 
 @dataclass
@@ -127,6 +130,9 @@ class Run:
     # --- engines -------------------------------------------------------------------------------
     def resolve_models(self, cfg: EngineConfig) -> engine_mod.ResolvedModels:
         def one(ref: str | dict[str, Any], what: str) -> str:
+            if isinstance(ref, dict) and shapes_mod.is_shape_spec(ref):  # a real model's shape, dummy weights
+                spec = shapes_mod.spec_from_table(ref, where=f"{cfg.source} {what}", quantization=cfg.quantization)
+                return str(shapes_mod.ensure_shape(spec, self.settings.model_cache))
             if isinstance(ref, dict):
                 recipe = models_mod.recipe_from_spec(ref, where=f"{cfg.source} {what}")
                 return str(models_mod.ensure_model(recipe, self.settings.model_cache,
@@ -210,9 +216,11 @@ class Run:
             on = f" on GPU {','.join(gpus)}" if gpus else ""
             self.progress.stage(config_id, f"starting engine ({cfg.quantization}, {cfg.spec_label}){on}",
                                 since=time.monotonic())
+            condition = machine_start_condition(self.hardware)
             for attempt in (1, 2):
                 eng = engine_mod.start(cfg, models, log_path, python=self.settings.python, gpus=gpus,
                                        container=self.settings.launcher.container)
+                eng.start_condition = condition
                 slot.engine = eng
                 try:
                     ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s,
@@ -285,6 +293,7 @@ class Run:
         if self.settings.launcher.attach is not None:
             return  # nothing to start
         pending: list[tuple[str, engine_mod.Engine]] = []
+        condition = machine_start_condition(self.hardware)  # engines started together share it
         for config_id in config_ids:
             slot = self._slots.setdefault(config_id, _Slot())
             if slot.engine is not None or slot.error is not None:
@@ -298,19 +307,28 @@ class Run:
                 slot.engine = engine_mod.start(cfg, models, self.results / config_id / "engine.log",
                                                python=self.settings.python,
                                                container=self.settings.launcher.container)
+                slot.engine.start_condition = condition
                 pending.append((config_id, slot.engine))
             except Exception as exc:
                 slot.error = exc
-        for config_id, eng in pending:
-            slot = self._slots[config_id]
-            try:
-                ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
-                self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port} "
-                         f"[prestart]")
-            except Exception as exc:
-                engine_mod.stop(eng)
-                slot.engine = None
-                slot.error = exc
+        # every engine is watched at once: waiting on them in turn stamped a quick engine "healthy" only when the
+        # slow ones before it were (on the H200, four engines all "healthy after 232.5 s"), so engine_ready_s
+        # and the first-start timings read the slowest engine
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
+            waits = [(cid, eng, pool.submit(engine_mod.wait_healthy, eng, self.settings.start_timeout_s))
+                     for cid, eng in pending]
+            for config_id, eng, wait in waits:
+                slot = self._slots[config_id]
+                try:
+                    ready = wait.result()
+                    self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port} "
+                             f"[prestart]")
+                except Exception as exc:
+                    engine_mod.stop(eng)
+                    slot.engine = None
+                    slot.error = exc
 
     def release(self, config_id: str) -> None:
         slot = self._slots.get(config_id)
@@ -391,8 +409,11 @@ class Run:
                     figures[f.name] = f
             except Exception as exc:  # a model without a readable config.json: no roofline, say so
                 self.log(f"quantgate: no roofline for {config_id!r}: {exc}")
-        m = Measurement(cfg, figures, kernel_snapshot_dict(eng.log_text()), result,
-                        eng.ready_after_s, eng.log_path)
+        log_text = eng.log_text()
+        for f in engine_figures(log_text, eng.ready_after_s):
+            figures[f.name] = f
+        m = Measurement(cfg, figures, kernel_snapshot_dict(log_text), result,
+                        eng.ready_after_s, eng.log_path, getattr(eng, "start_condition", None))
         slot.measurement = m
         self._save_raw(m, time.monotonic() - started)
         return m
@@ -467,7 +488,7 @@ class Run:
         folder.mkdir(parents=True, exist_ok=True)
         body = {
             "config": m.config.id, "hardware": self.hardware.id, "run_id": self.run_id,
-            "engine_ready_s": m.engine_ready_s, "workload_s": seconds,
+            "engine_ready_s": m.engine_ready_s, "workload_s": seconds, "start_condition": m.start_condition,
             "prefix_cache_hit_rate": m.workload.prefix_cache_hit_rate,
             "warmup_requests": m.workload.warmup_requests,
             "figures": {k: {**v.summary(), **({"extra": v.extra} if v.extra else {})}
@@ -478,11 +499,52 @@ class Run:
         (folder / "figures.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
 
     # --- verdicts ------------------------------------------------------------------------------
+    @property
+    def baseline_key(self) -> str:
+        """The baseline folder: the exact GPU model (sm90-h200), never just the marker (quantgate.hardware)."""
+        return self.hardware.baseline_key
+
     def noise(self, config_id: str) -> NoiseModel:
-        return self.store.noise(self.hardware.id, self.matrix_of(config_id).gate.default_tolerance)
+        noise = self.store.noise(self.baseline_key, self.matrix_of(config_id).gate.default_tolerance)
+        own = {k: v for k, v in ENGINE_FIGURES.items() if k not in noise.tolerances}
+        if not own:
+            return noise
+        return replace(noise, tolerances={**noise.tolerances, **own},
+                       sources={**noise.sources, **{k: "engine figure tolerance" for k in own}})
+
+    def baseline_id(self, config_id: str) -> str:
+        """Whose baseline a config is judged against: its own, or `baseline_of`'s (a calibration copy or an
+        injected-slowdown copy of a config is judged as that config)."""
+        return self.config(config_id).baseline_of or config_id
 
     def baseline(self, config_id: str) -> Baseline | None:
-        return self.store.load(self.hardware.id, config_id)
+        return self.store.load(self.baseline_key, self.baseline_id(config_id))
+
+    def verdict_notes(self, config_id: str, base: Baseline | None) -> tuple[str, ...]:
+        """What every message about this config must say: versions changed since its baseline, and a baseline
+        that exists only for another GPU model (never used in place of this GPU's)."""
+        notes = []
+        changes = baselines_mod.version_changes(base, self.hardware.versions)
+        if changes:
+            notes.append("versions changed since the baseline: " + ", ".join(changes))
+        if base is None:
+            others = baselines_mod.foreign_baselines(self.store.root, self.hardware.id, self.baseline_key,
+                                                     self.baseline_id(config_id))
+            if others:
+                notes.append(f"baselines exist only for {', '.join(others)}, another GPU model than this "
+                             f"{self.hardware.name} ({self.baseline_key}); quantgate never judges one GPU "
+                             f"against another's figures: record {self.baseline_key} with --update-baselines")
+        start = self.start_condition(config_id)
+        base_start = base.environment.get("start_condition") if base is not None else None
+        if start and base_start and start != base_start:
+            notes.append(f"this engine is a {start} start, the baseline a {base_start} start "
+                         f"(docs/gpu.md: the first start on a fresh machine can run slower)")
+        return tuple(notes)
+
+    def start_condition(self, config_id: str) -> str | None:
+        slot = self._slots.get(config_id)
+        eng = slot.engine if slot else None
+        return getattr(eng, "start_condition", None) if eng is not None else None
 
     def verdict(self, config_id: str, figure_name: str) -> Verdict:
         m = self.measurement(config_id)
@@ -495,7 +557,9 @@ class Run:
         if base is not None and base.kernels is not None:
             diff = tuple(kernels_mod.diff_records(
                 kernels_mod.KernelRecord.from_dict(base.kernels), kernels_mod.KernelRecord.from_dict(m.kernels)))
-        return judge(config_id, fig, base, self.noise(config_id), diff)
+        verdict = judge(config_id, fig, base, self.noise(config_id), diff)
+        notes = self.verdict_notes(config_id, base)
+        return replace(verdict, notes=verdict.notes + notes) if notes else verdict
 
     def environment(self) -> dict[str, Any]:
         hw = self.hardware
@@ -508,7 +572,7 @@ class Run:
     def _first_of_kind(self, config_ids: list[str]) -> list[str]:
         """The configs gated here, when this hardware has no baseline at all (else none)."""
         gated = [c for c in config_ids if self.config(c).gated_on(self.hardware.id)]
-        return gated if gated and self.hardware.id not in self.store.kinds() else []
+        return gated if gated and self.baseline_key not in self.store.kinds() else []
 
     def no_baselines_message(self, config_ids: list[str], update_command: str) -> str | None:
         """One message for a machine whose hardware has no baselines at all: what was found, where baselines
@@ -529,7 +593,7 @@ class Run:
         """What a first --update-baselines on this kind gives, and what it does not (a noise model)."""
         gated = self._first_of_kind(config_ids)
         hw = self.hardware.id
-        if not gated or self.store.has_noise(hw):
+        if not gated or self.store.has_noise(self.baseline_key):
             return None
         tolerances = sorted({self.matrix_of(c).gate.default_tolerance for c in gated})
         return (f"quantgate: first baselines for {hw}: this run records {len(gated)} config(s); there is no noise "
@@ -537,10 +601,67 @@ class Run:
                 f"({', '.join(f'{t:.0%}' for t in tolerances)}) until `quantgate calibrate` on this machine "
                 f"writes {self.store.root.name}/{hw}/noise.json")
 
-    def update_baseline(self, config_id: str, figure_names: set[str] | None = None) -> Path:
+    def update_baseline(self, config_id: str, figure_names: set[str] | None = None) -> Path | None:
+        if self.config(config_id).baseline_of:
+            return None  # a copy never writes its original's baseline: the original's own engine does
         m = self.measurement(config_id)
         figs = [f for n, f in m.figures.items() if figure_names is None or n in figure_names]
-        return self.store.update(self.hardware.id, config_id, figs, m.kernels, self.environment(), self.run_id)
+        env = self.environment()
+        if m.start_condition:
+            env["start_condition"] = m.start_condition
+        return self.store.update(self.baseline_key, config_id, figs, m.kernels, env, self.run_id)
+
+
+def machine_start_condition(hardware: Hardware) -> str | None:
+    """"first" for the first engine start on this machine since it booted, else "warm" (GPU lanes only).
+
+    On a freshly booted H200 the first start ran A3B W4A16 7% slower than every later start (docs/gpu.md), so
+    baselines and figures record which kind of start they came from. A marker per boot id remembers it."""
+    if not hardware.is_gpu:
+        return None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    marker = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantgate" / "starts" / boot
+    if marker.exists():
+        return "warm"
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        return None
+    return "first"
+
+
+# Engine figures gated where the matrix asks ([gate] engine_figures = true), each with its own tolerance unless
+# noise.json calibrates one: start-up moves with compile caches and a machine's first start (seen 136-288 s for
+# the same config on an H200), so only a doubling and more fails; memory and KV capacity are deterministic.
+ENGINE_FIGURES: dict[str, float] = {"engine_ready_s": 1.5, "model_memory_gib": 0.05, "kv_cache_tokens": 0.05}
+
+_LOG_FIGURES = (
+    # (figure, unit, higher is better, pattern): what the engine's log says about memory at start-up; the V1
+    # runner writes "took X GiB memory and", the V2 runner (dense models) "took X GiB and"
+    ("model_memory_gib", "GiB", False, r"Model loading took ([\d.]+) GiB"),
+    ("kv_cache_tokens", "tokens", True, r"GPU KV cache size: ([\d,]+) tokens"),
+)
+
+
+def engine_figures(log_text: str, ready_s: float | None) -> list[Figure]:
+    """Start-up seconds, weight memory and KV-cache capacity (ungated: recorded in figures and baselines).
+    A graph capture that hangs, or a backend that doubles memory, shows here."""
+    import re
+
+    out = []
+    if ready_s is not None:
+        out.append(Figure("engine_ready_s", "s", False, (round(ready_s, 2),), "client", gated=False,
+                          note="launch to /health 200"))
+    for name, unit, higher, pattern in _LOG_FIGURES:
+        found = re.findall(pattern, log_text)
+        if found:
+            value = float(found[-1].replace(",", ""))
+            out.append(Figure(name, unit, higher, (value,), "server", gated=False, note="engine log"))
+    return out
 
 
 def kernel_snapshot_dict(log_text: str) -> dict[str, Any]:
@@ -575,6 +696,8 @@ def gated_figure_names(cfg: EngineConfig, matrix: Matrix) -> list[str]:
             names += [str(FigureKey("tg_tps", tg=tg, depth=d)) for tg, d in b.tg_cells()]
         if "concurrency" in cfg.workloads:
             names += [str(FigureKey("output_tps", c=c)) for c in matrix.concurrency.levels]
+    if matrix.gate.engine_figures and matrix.gate.mode == "absolute":
+        names += list(ENGINE_FIGURES)
     if cfg.speculative is not None and cells:
         names.append("acceptance_length")
     if "accuracy" in cfg.workloads:

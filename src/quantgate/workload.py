@@ -339,7 +339,9 @@ def figures_from(result: WorkloadResult, cells: list[Cell], record_source: Recor
             "client": tuple(r.client_decode_tps for r in rows),
         }
         bursts = sum(r.burst for r in rows)
-        figures.append(Figure(cell.figure("decode_tps"), "tok/s", True, by_source[record_source], record_source))
+        # max_tokens: the roofline reads the KV cache at the cell's mean context, prompt + half the output
+        figures.append(Figure(cell.figure("decode_tps"), "tok/s", True, by_source[record_source], record_source,
+                              extra={"max_tokens": cell.max_tokens}))
         figures.append(Figure(
             cell.figure(f"decode_tps_{other}"), "tok/s", True, by_source[other], other, gated=False,
             note=f"{bursts}/{len(rows)} streams arrived in one burst" if bursts else "",

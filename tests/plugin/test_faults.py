@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,8 +75,8 @@ def test_corrupt_baseline_named(qg, pytester: pytest.Pytester) -> None:
 def test_refresh_that_cannot_write_fails(qg, pytester: pytest.Pytester) -> None:
     # root ignores file modes, so "read-only" is made with a FILE where the hardware folder must go: no
     # process, privileged or not, can create baselines/cpu-test/ref.json then
-    (pytester.path / "baselines").mkdir()
     blocker = pytester.path / "baselines" / HW
+    shutil.rmtree(blocker)  # the fixture's seeded baseline: the hardware folder must not exist as a folder
     blocker.write_text("not a folder\n")
     figures_only = qg("--update-baselines", "-k", "figure")  # no kernel snapshot test: the baselines alone
     assert figures_only.ret != 0, figures_only.stdout.str()

@@ -1,6 +1,6 @@
 """The kernel parser on real CUDA engine logs: vLLM 0.26.0 on the lent H100 (sm90), captured by
 `pytest -m sm90` (fixtures/logs/cuda/README.md says how). Each log must give the kernel record that vLLM
-actually selected; the same records are the sm90 kernel snapshots in baselines/sm90/kernels/."""
+actually selected; the same records are the sm90 kernel snapshots in baselines/sm90-h100/kernels/."""
 
 from __future__ import annotations
 
@@ -47,7 +47,8 @@ def _log(config: str) -> Path:
 
 
 def test_every_captured_log_has_expectations() -> None:
-    captured = {p.name.removeprefix("vllm-0.26.0-h100-").removesuffix(".log") for p in CUDA.glob("*.log")}
+    captured = {p.name.removeprefix("vllm-0.26.0-h100-").removesuffix(".log")
+                for p in CUDA.glob("vllm-0.26.0-h100-*.log")}
     assert captured == set(EXPECTED)
 
 
@@ -69,7 +70,7 @@ def test_spec_decode_acceptance_in_sm90_baselines() -> None:
     /metrics and is recorded in the baselines of the same runs."""
     import json
 
-    root = Path(__file__).resolve().parents[2] / "baselines" / "sm90"
+    root = Path(__file__).resolve().parents[2] / "baselines" / "sm90-h100"
 
     def acceptance(config: str) -> float:
         return json.loads((root / f"{config}.json").read_text())["figures"]["acceptance_length"]["median"]

