@@ -163,7 +163,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
                     power=args.power)
     results = calibrate(runs, limits)
     xs = cross_session(runs, stored, gate_noise, results)
-    body = {"hardware": hw.id, "hardware_name": hw.name, "k": args.runs, "configs": args.config,
+    body = {"hardware": hw.baseline_key, "hardware_name": hw.name, "k": args.runs, "configs": args.config,
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **noise_body(results, limits),
             "cross_session": cross_session_body(xs, stored)}
     path = BaselineStore(Path(args.baselines)).write_noise(hw.baseline_key, body)
@@ -178,7 +178,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
     """Each figure over the recorded runs, with change points, baseline refreshes and environment changes."""
     from . import history
 
-    hw = args.hardware or hardware_mod.detect().id
+    hw = args.hardware or hardware_mod.detect().baseline_key
     root = Path(args.history) if args.history else Path(args.baselines) / hw / "history"
     store = history.HistoryStore(root)
     configs = args.config or store.configs()
@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default=None, help="figures whose name contains this (default: the gated ones)")
     p.add_argument("--hardware", default=None, help="hardware id (default: this machine's)")
     p.add_argument("--baselines", default="baselines")
-    p.add_argument("--history", default=None, help="history folder (default: <baselines>/<hardware>/history)")
+    p.add_argument("--history", default=None, help="history folder (default: <baselines>/<baseline key>/history)")
     p.add_argument("--plots", default="results/history", help="folder for the PNG plots")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(func=_cmd_history)
@@ -258,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         args.pytest_args = unknown + list(args.pytest_args)  # `quantgate run -v -k w8a8` goes to pytest
+    from .errors import QuantgateError
     from .matrix import MatrixError
 
     try:
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     except MatrixError as exc:  # exit 4, as pytest gives for the same file
         print(f"quantgate {args.command}: {exc}", file=sys.stderr)
         return 4
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, QuantgateError) as exc:
         print(f"quantgate {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

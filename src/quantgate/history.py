@@ -126,7 +126,7 @@ def entry_for(run: Run, m: Measurement, refresh: bool, commit: str | None = None
         for name, f in sorted(m.figures.items())
     }
     return Entry(run_id=run.run_id, at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 hardware=run.hardware.id, config=m.config.id, figures=figures, environment=environment_of(run),
+                 hardware=run.baseline_key, config=m.config.id, figures=figures, environment=environment_of(run),
                  baseline_refresh=refresh, baseline_run=base.run_id if base is not None else None, commit=commit)
 
 
@@ -263,7 +263,7 @@ def plot_name(figure: str) -> str:
 
 # --- one session's part ------------------------------------------------------------------------------------
 def default_root(run: Run) -> Path:
-    return run.settings.baselines_dir / run.hardware.id / "history"
+    return run.settings.baselines_dir / run.baseline_key / "history"  # beside the baselines (sm90-h200)
 
 
 def record(run: Run, measured: Iterable[Measurement], verdicts: Iterable[Verdict], refresh: bool,

@@ -105,8 +105,7 @@ class ExpectedSlow:
     hardware: tuple[str, ...] = ()  # where it crawls; empty: everywhere the config runs
 
     def applies_to(self, hardware_id: str) -> bool:
-        return not self.hardware or any(
-            h == hardware_id or (h == "cpu" and hardware_id.startswith("cpu")) for h in self.hardware)
+        return not self.hardware or listed_for(self.hardware, hardware_id)
 
 
 # Seconds a config's workloads may take after its engine is up, unless the matrix says otherwise
@@ -384,7 +383,9 @@ def _parse_config(raw: Any, defaults: Mapping[str, Any], path: Path) -> EngineCo
         raise MatrixError(f"{where}: unknown workload {unknown_workloads[0] if unknown_workloads else '(none)'!r} "
                           f"(known: {', '.join(WORKLOADS)})")
     baseline_of = raw.get("baseline_of")
-    if baseline_of is not None and (not isinstance(baseline_of, str) or not baseline_of or baseline_of == cid):
+    if baseline_of is not None and (not isinstance(baseline_of, str) or baseline_of == cid
+                                    or not _ID_PATTERN.fullmatch(baseline_of) or baseline_of.lower() in RESERVED_IDS):
+        # it names the baseline file read (baselines/<hw>/<baseline_of>.json): a config id, never a path
         raise MatrixError(f"{where}: baseline_of must name another config id, got {baseline_of!r}")
     return EngineConfig(
         workloads=workloads, expected_slow=_parse_expected_slow(merged.get("expected_slow"), where),
@@ -478,7 +479,7 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
     data = _read_toml(path)
     _check_keys(data, _TOP_KEYS, str(path))
     defaults = _table(data.get("defaults", {}), str(path), "[defaults]")
-    _check_keys(defaults, _CONFIG_KEYS - {"id"}, f"{path}: [defaults]")
+    _check_keys(defaults, _CONFIG_KEYS - {"id", "baseline_of"}, f"{path}: [defaults]")
     raw_configs = data.get("config", [])
     if not isinstance(raw_configs, list) or not raw_configs:
         raise MatrixError(f"{path}: no [[config]] entries (config must be an array of tables, got "
@@ -507,6 +508,9 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
         raise MatrixError(f"{path}: [gate] reference must be a config id string, got {gate.reference!r}")
     if not isinstance(gate.mode, str) or gate.mode not in get_args(GateMode):
         raise MatrixError(f"{path}: [gate] mode must be 'absolute' or 'relative', got {gate.mode!r}")
+    for cfg in configs:
+        if cfg.baseline_of is not None and cfg.baseline_of not in seen:
+            raise MatrixError(f"{cfg.source}: baseline_of {cfg.baseline_of!r} is not a config id of this matrix")
     if gate.mode == "relative" and gate.reference not in seen:
         raise MatrixError(f"{path}: [gate] reference {gate.reference!r} is not a config id of this matrix")
     return Matrix(path=path, configs=tuple(configs), workload=_parse_workload(data.get("workload", {}), path),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -125,7 +126,7 @@ class QuantgateState:
             )
             budget = self.config.getoption("qg_budget")
             if budget is not None:
-                if budget < 0:
+                if not math.isfinite(budget) or budget < 0:
                     raise MatrixError(f"--qg-budget {budget:g}: must be a number of seconds >= 0 (0: no budget)")
                 settings.budget_override_s = budget
             if self.config.getoption("qg_start_timeout"):
@@ -674,7 +675,7 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
         run = state.run
         state.ran_figures[config_id].add(figure)
         with _failures_as_messages(run, config_id):
-            if state.update:
+            if state.update and not run.config(config_id).baseline_of:  # a copy writes no baseline: judged
                 fig = run.measurement(config_id).figures[figure]
                 try:
                     was = run.verdict(config_id, figure).baseline

@@ -480,7 +480,7 @@ class Run:
             workload = WorkloadResult(warmup_requests=int(body.get("warmup_requests") or 0),
                                       prefix_cache_hit_rate=body.get("prefix_cache_hit_rate"))
             out.append(Measurement(cfg, figures, body.get("kernels") or {}, workload, body.get("engine_ready_s"),
-                                   path.parent / "engine.log"))
+                                   path.parent / "engine.log", body.get("start_condition")))
         return out
 
     def _save_raw(self, m: Measurement, seconds: float) -> None:
@@ -583,7 +583,8 @@ class Run:
         hw, kinds = self.hardware, self.store.kinds()
         est = budget_mod.record_estimate([(self.config(c), self.matrix_of(c)) for c in gated], hw.is_gpu,
                                          self.store, kinds, self.settings.budget_override_s)
-        return (f"quantgate: no baselines for this hardware: {hw.id} ({hw.name}) has none under {self.store.root}; "
+        return (f"quantgate: no baselines for this hardware: {self.baseline_key} ({hw.name}) has none under "
+                f"{self.store.root}; "
                 f"baselines exist for: {', '.join(kinds) or 'no hardware yet'}. Record them on this machine with "
                 f"`{update_command}` (about {est.seconds / 60:.0f} min for {len(gated)} config(s), {est.basis}), "
                 f"then `quantgate calibrate` for its noise model. If {hw.id} is not this machine, set "
@@ -592,7 +593,7 @@ class Run:
     def first_baselines_note(self, config_ids: list[str]) -> str | None:
         """What a first --update-baselines on this kind gives, and what it does not (a noise model)."""
         gated = self._first_of_kind(config_ids)
-        hw = self.hardware.id
+        hw = self.baseline_key  # the folder: sm90-h200 on an H200, cpu-amx on a CPU
         if not gated or self.store.has_noise(self.baseline_key):
             return None
         tolerances = sorted({self.matrix_of(c).gate.default_tolerance for c in gated})

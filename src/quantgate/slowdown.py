@@ -26,12 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import QuantgateError
+
 ENV = "QUANTGATE_INJECT_SLOWDOWN"
 # A gap longer than this between one step's end and the next step's start is idle time, not step work.
 IDLE_GAP_S = 0.05
 
 
-class SlowdownError(ValueError):
+class SlowdownError(QuantgateError, ValueError):
     pass
 
 

@@ -156,9 +156,9 @@ def test_default_configs_are_the_reference_and_one_per_quantization(tmp_path) ->
 
     repo = Path(__file__).resolve().parents[2]
     matrices = load_matrices(sorted((repo / "fixtures/matrix").glob("*.toml")))
-    # w4a16 and moe-w4a16 are expected to fail on AVX2; speculative, MoE and accuracy configs repeat a
-    # quantization already covered
-    assert default_configs(matrices, "cpu-amx") == ["bf16", "w4a16", "w8a8", "fp8-dynamic"]
+    # w4a16 and moe-w4a16 are expected to fail on AVX2; fp8-dynamic is expected slow on cpu-amx (0.5 tok/s:
+    # its budget probe would end the calibration); speculative, MoE and accuracy configs repeat a quantization
+    assert default_configs(matrices, "cpu-amx") == ["bf16", "w4a16", "w8a8"]
     assert default_configs(matrices, "cpu-avx2") == ["bf16", "w8a8", "fp8-dynamic"]
     sm121 = default_configs(matrices, "sm121")
     assert sm121 and all(c.startswith("sm121-") for c in sm121) and "eagle3" not in " ".join(sm121)

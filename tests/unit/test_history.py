@@ -136,3 +136,12 @@ def test_cli_history_without_runs_is_one_line(tmp_path: Path, capsys: pytest.Cap
 def test_entry_round_trip() -> None:
     e = _entries([3.5])[0]
     assert Entry.from_dict(json.loads(e.to_line())) == e
+
+
+def test_history_lives_beside_the_baselines_of_the_exact_gpu(tmp_path: Path) -> None:
+    """sm90-h100 and sm90-h200 keep separate series: a change of GPU model is not a change point."""
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(settings=SimpleNamespace(baselines_dir=tmp_path), baseline_key="sm90-h200",
+                          hardware=SimpleNamespace(id="sm90"))
+    assert history.default_root(run) == tmp_path / "sm90-h200" / "history"  # type: ignore[arg-type]

@@ -247,3 +247,19 @@ def test_unset_model_variable_named_where_it_runs(tmp_path: Path, monkeypatch: p
 
 def test_shipped_matrices_load_on_cpu() -> None:
     assert load_matrices(sorted((REPO / "fixtures/matrix").glob("*.toml")), "cpu-amx")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('"../../../etc/passwd"', "baseline_of must name another config id"),
+    ('"noise"', "baseline_of must name another config id"),
+    ('"bf16-nowhere"', "baseline_of 'bf16-nowhere' is not a config id of this matrix"),
+])
+def test_baseline_of_names_a_config_of_the_matrix(tmp_path: Path, value: str, message: str) -> None:
+    # baseline_of names the baseline file a copy is judged against: never a path, never an unknown id
+    text = GOOD.replace('id = "bf16"\n', 'id = "bf16"\n').replace(
+        '[[config]]\nid = "ngram"', f'[[config]]\nid = "bf16-copy"\nmodel = {{ recipe = "qwen3-dense" }}\n'
+                                    f'baseline_of = {value}\n\n[[config]]\nid = "ngram"')
+    with pytest.raises(MatrixError, match=message):
+        load_matrix(write(tmp_path, text))
+    ok = load_matrix(write(tmp_path, text.replace(f"baseline_of = {value}", 'baseline_of = "bf16"'), "ok.toml"))
+    assert ok.get("bf16-copy").baseline_of == "bf16"
