@@ -203,6 +203,8 @@ def test_quantized_recipe_without_quantizer_says_how_to_fix(
     monkeypatch.delenv("QUANTGATE_QUANT_PYTHON", raising=False)
     monkeypatch.chdir(tmp_path)  # no .venv-quant here or above (tmp_path is outside the repo)
     monkeypatch.setattr("sys.prefix", str(tmp_path / "venv"))  # nor beside the running interpreter's venv
+    # nor in quantgate's own checkout (a clean clone after scripts/setup-cpu.sh has one there: CI)
+    monkeypatch.setattr("quantgate.models._checkout_root", lambda: tmp_path / "checkout")
     recipe = recipe_from_spec({"recipe": "qwen3-dense", "quantization": "w4a16"})
     with pytest.raises(ModelError) as info:
         ensure_model(recipe, tmp_path / "cache")
