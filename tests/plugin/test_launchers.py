@@ -90,10 +90,8 @@ os.execvpe(sys.executable, [sys.executable, "-m", "fake_vllm", *serve], env)
 """
 
 
-def test_container_launcher_runs_each_config_in_a_container(gate, pytester: pytest.Pytester,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    gate('[[config]]\nid = "c1"\nenv = { VLLM_USE_FLASHINFER_MOE_FP4 = "0" }\n\n[[config]]\nid = "c2"\n',
-         "cpu-test")
+def _use_fake_docker(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container launcher with a scripted `docker` first on PATH, recording its calls."""
     bin_dir = pytester.path / "bin"
     bin_dir.mkdir()
     _script(bin_dir / "docker", FAKE_DOCKER)
@@ -102,6 +100,13 @@ def test_container_launcher_runs_each_config_in_a_container(gate, pytester: pyte
     monkeypatch.setenv("QUANTGATE_LAUNCHER", "container")
     monkeypatch.setenv("QUANTGATE_CONTAINER_RUNTIME", "docker")
     monkeypatch.setenv("QUANTGATE_CONTAINER_IMAGE", "vllm/vllm-openai:v0.26.0")
+
+
+def test_container_launcher_runs_each_config_in_a_container(gate, pytester: pytest.Pytester,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    gate('[[config]]\nid = "c1"\nenv = { VLLM_USE_FLASHINFER_MOE_FP4 = "0" }\n\n[[config]]\nid = "c2"\n',
+         "cpu-test")
+    _use_fake_docker(pytester, monkeypatch)
     result = pytester.runpytest_subprocess("-m", "cpu", "--update-baselines", timeout=240)
     result.assert_outcomes(passed=4)  # per config: the kernel snapshot and decode_tps
     calls = [json.loads(line) for line in (pytester.path / "docker_calls.jsonl").read_text().splitlines()]
@@ -126,14 +131,7 @@ def test_container_launcher_runs_each_config_in_a_container(gate, pytester: pyte
 def test_unsafe_container_args_refused_or_reported(gate, pytester: pytest.Pytester,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     gate('[[config]]\nid = "c1"\n', "cpu-test")
-    bin_dir = pytester.path / "bin"
-    bin_dir.mkdir()
-    _script(bin_dir / "docker", FAKE_DOCKER)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_DOCKER_CALLS", str(pytester.path / "docker_calls.jsonl"))
-    monkeypatch.setenv("QUANTGATE_LAUNCHER", "container")
-    monkeypatch.setenv("QUANTGATE_CONTAINER_RUNTIME", "docker")
-    monkeypatch.setenv("QUANTGATE_CONTAINER_IMAGE", "vllm/vllm-openai:v0.26.0")
+    _use_fake_docker(pytester, monkeypatch)
     monkeypatch.setenv("QUANTGATE_CONTAINER_ARGS", "--privileged")
     refused = pytester.runpytest_subprocess("-m", "cpu", "--update-baselines", timeout=240)
     assert refused.ret == 4
