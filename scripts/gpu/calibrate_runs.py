@@ -6,7 +6,7 @@ Every results/<run>/<config>/figures.json is one fresh engine. A copy `<id>--<na
 counts as an engine of <id>; a copy named `inj<N>` ran with an injected slowdown and is judged, not pooled.
 Engines started on the machine's first start since boot (figures.json start_condition "first") are kept
 apart: the A/A statistics are over warm starts, and the first starts are judged against them to show the
-first-start level. For each config and pooled per metric (quantgate.calibration.calibrate): between-engine CV,
+first-start level. For each config and pooled per metric (quantgate.gate.calibration.calibrate): between-engine CV,
 tolerance = sigmas x CV (clamped to [min, 0.6]), false alarms over every ordered pair of engines, the smallest
 slowdown caught in `power` of the trials, and the detection rate at 2%, 3% and 5%.
 """
@@ -23,8 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from quantgate.baselines import Baseline, BaselineStore, judge  # noqa: E402
-from quantgate.calibration import Limits, _trial_outcomes, calibrate, calibrated_noise, trial_pairs  # noqa: E402
+from quantgate.gate.baselines import Baseline, BaselineStore, judge  # noqa: E402
+from quantgate.gate.calibration import Limits, _trial_outcomes, calibrate, calibrated_noise, trial_pairs  # noqa: E402
 from quantgate.stats import Figure  # noqa: E402
 
 POWER_AT = (0.02, 0.03, 0.05)

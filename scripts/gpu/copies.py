@@ -4,7 +4,7 @@
 
 --keep: the configs of SRC to keep as they are (default: none; one wave of engines is one such matrix).
 Each COPY becomes a config `<ID>--<COPY>` with `baseline_of = ID` (judged against ID's baseline, never writing
-one) and, with `=S`, QUANTGATE_INJECT_SLOWDOWN=S in its env (quantgate.slowdown slows every engine step by S).
+one) and, with `=S`, QUANTGATE_INJECT_SLOWDOWN=S in its env (quantgate.engine.slowdown slows every engine step by S).
 Prestarted in one pytest session, every copy is a fresh engine: five copies are five A/A engine starts.
 
     copies.py fixtures/matrix/sm90.toml /tmp/m.toml sm90-a3b-w4a16:aa1,inj5=0.05

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
-from quantgate.baselines import Baseline, BaselineStore, atomic_write  # noqa: E402
+from quantgate.gate.baselines import Baseline, BaselineStore, atomic_write  # noqa: E402
 
 S000 = "seeds/000_39c1d65fe4e1c0c4.txt (Marlin INT4 AutoRound auf SM120/SM121; bench.py, seed 42, temperature 0)"
 S000_BENCHY = "seeds/000_39c1d65fe4e1c0c4.txt (llama-benchy 0.3.1, runs=2, INT4 W4A16 + EAGLE3 NST=3)"

@@ -14,7 +14,7 @@ mkdir -p /tmp/qgmodels && { [ ! -d .gpu-models/cache ] || cp -rn .gpu-models/cac
 what=${1:-both}
 { nproc; lscpu | grep -E "Model name|^CPU\(s\)|Thread"; nvidia-smi --query-gpu=name --format=csv,noheader
   python3 -c 'import vllm, sys; print("vllm", vllm.__version__, "python", sys.version.split()[0])'
-  python3 -c 'from quantgate.streaming import event_loop; print("event loop", type(event_loop()).__module__)'
+  python3 -c 'from quantgate.workload.streaming import event_loop; print("event loop", type(event_loop()).__module__)'
 } 2>&1 | tee "$OUT/bench-env.txt"
 echo "setup done after $(( $(date +%s) - T0 )) s"
 if [ "$what" != fidelity ]; then

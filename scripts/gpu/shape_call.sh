@@ -29,7 +29,7 @@ bash .stage/kit/install.sh >"$LOGS/install.log" 2>&1 || { tail -5 "$LOGS/install
 dist=/tmp/qgdist/quantgate_gpu_plugins-0.0.0.dist-info
 mkdir -p $dist
 printf 'Metadata-Version: 2.1\nName: quantgate-gpu-plugins\nVersion: 0.0.0\n' >$dist/METADATA
-printf '[vllm.general_plugins]\nquantgate_slowdown = quantgate.slowdown:register\n' >$dist/entry_points.txt
+printf '[vllm.general_plugins]\nquantgate_slowdown = quantgate.engine.slowdown:register\n' >$dist/entry_points.txt
 cd .gpu-tree
 export PYTHONPATH=$PWD/src:/tmp/qgdist:/tmp/qgdeps:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 # many engines compile at once under --qg-prestart: compile in-process, not a 16-worker pool per engine
@@ -42,8 +42,8 @@ mkdir -p /tmp/qg/results
 nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -l 5 >"$LOGS/gpu.csv" 2>&1 &
 smi=$!
 # quantgate travels as source: load its pytest plugin by name unless an install registered it
-plug="-p quantgate.plugin"
-python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.plugin" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
+plug="-p quantgate.pytest_plugin.hooks"
+python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.pytest_plugin.hooks" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
 key=$(python3 -c 'import quantgate.hardware as h; print(h.detect().baseline_key)')
 echo "setup done after $(( $(date +%s) - T0 )) s"
 i=0
@@ -75,7 +75,7 @@ for step in "$@"; do
   [ -d "$kdir" ] && { rm -rf /tmp/qg/kernels-keep; cp -r "$kdir" /tmp/qg/kernels-keep; }
 done
 kill $smi 2>/dev/null
-pgrep -af "vllm|quantgate.vllm_entry" | cut -c1-160 | head -5  # engines left behind (none expected)
+pgrep -af "vllm|quantgate.engine.vllm_entry" | cut -c1-160 | head -5  # engines left behind (none expected)
 tar czf "$OUT/$name-qg.tgz" -C /tmp/qg results baselines calls 2>/dev/null
 cp "$LOGS/env.txt" "$OUT/$name-env.txt"
 ls -la "$OUT"

@@ -19,7 +19,7 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
 
 
 def _cmd_kernels(args: argparse.Namespace) -> int:
-    from .kernels import parse_log_file
+    from .kernels.parse import parse_log_file
 
     path = Path(args.logfile)
     if not path.is_file():
@@ -30,7 +30,7 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from . import models
+    from .models import recipes as models
 
     cache = Path(args.cache) if args.cache else None
     specs = args.recipe or ["qwen3-dense"]
@@ -70,7 +70,7 @@ def ini_matrix_globs(start: Path) -> tuple[Path, list[str]]:
     parent; none: `start` and the plugin's default."""
     import iniconfig
 
-    from .matrix import DEFAULT_MATRIX_GLOBS, MatrixError, tomllib
+    from .config.matrix import DEFAULT_MATRIX_GLOBS, MatrixError, tomllib
 
     def lines(value: object) -> list[str]:
         items = value.splitlines() if isinstance(value, str) else list(value)  # type: ignore[call-overload]
@@ -109,8 +109,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     per-run medians into per-metric tolerances for this hardware (baselines/<hw>/noise.json), with the
     false-alarm rate and the smallest slowdown the gate catches at those tolerances; then every run judged
     against the stored baseline of its config (another session), at those tolerances and at the gate's."""
-    from .baselines import Baseline, BaselineError, BaselineStore, NoiseModel
-    from .calibration import (
+    from .config.matrix import load_matrices, matrix_files
+    from .gate.baselines import Baseline, BaselineError, BaselineStore, NoiseModel
+    from .gate.calibration import (
         Limits,
         calibrate,
         cross_session,
@@ -120,7 +121,6 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         noise_body,
         table,
     )
-    from .matrix import load_matrices, matrix_files
     from .session import Run, Settings
     from .stats import Figure
 
@@ -176,7 +176,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _cmd_history(args: argparse.Namespace) -> int:
     """Each figure over the recorded runs, with change points, baseline refreshes and environment changes."""
-    from . import history
+    from .report import history
 
     hw = args.hardware or hardware_mod.detect().baseline_key
     root = Path(args.history) if args.history else Path(args.baselines) / hw / "history"
@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "run":
         args.pytest_args = unknown + list(args.pytest_args)  # `quantgate run -v -k w8a8` goes to pytest
+    from .config.matrix import MatrixError
     from .errors import QuantgateError
-    from .matrix import MatrixError
 
     try:
         return int(args.func(args))

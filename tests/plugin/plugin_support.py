@@ -75,7 +75,7 @@ SEED_CONFIG = "recorded-elsewhere"
 
 def seed_baseline(root: Path, hardware: str = HW) -> Path:
     """A baseline of a config not in the test's matrix: the hardware kind counts as having baselines."""
-    from quantgate.baselines import SCHEMA_VERSION
+    from quantgate.gate.baselines import SCHEMA_VERSION
 
     path = root / "baselines" / hardware / f"{SEED_CONFIG}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from plugin_support import TESTS, assert_no_engine_left
 
-from quantgate.engine import free_port
+from quantgate.engine.process import free_port
 
 ABSOLUTE = """
 [gate]

@@ -1,4 +1,5 @@
-"""quantgate.accuracy: the seeded problem set, the JSONL loader, scoring, Wilson bounds, the gate, the figure."""
+"""quantgate.workload.accuracy: the seeded problem set, the JSONL loader, scoring, Wilson bounds, the gate, the
+figure."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from quantgate import _build_model, accuracy
-from quantgate.accuracy import (
+from quantgate.models import _build_model
+from quantgate.workload import accuracy
+from quantgate.workload.accuracy import (
     AccuracyError,
     Problem,
     accuracy_figure,
@@ -26,7 +28,7 @@ from quantgate.accuracy import (
     wilson_interval,
     z_for,
 )
-from quantgate.workload import Client
+from quantgate.workload.grid import Client
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "accuracy" / "gsm8k-sample.jsonl"
 _ARITH = re.compile(r"^(\d+) ([+-]) (\d+) =$")
@@ -61,7 +63,7 @@ def test_generated_set_is_deterministic_and_correct() -> None:
 
 
 def test_generated_set_is_the_same_in_another_process() -> None:
-    code = "from quantgate.accuracy import generate_problems as g; print([p.prompt for p in g()][:10])"
+    code = "from quantgate.workload.accuracy import generate_problems as g; print([p.prompt for p in g()][:10])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONHASHSEED": "999", "PATH": ""})
     assert out.stdout.strip() == str([p.prompt for p in generate_problems()][:10])
@@ -203,7 +205,7 @@ def test_gate_pass_fail_indeterminate() -> None:
 # --- running against a server -----------------------------------------------------------------------
 
 class FakeClient:
-    """What run_accuracy needs of quantgate.workload.Client: .http and .model."""
+    """What run_accuracy needs of quantgate.workload.grid.Client: .http and .model."""
 
     def __init__(self, handler: Any) -> None:
         self.model = "arith"

@@ -5,8 +5,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeServer  # noqa: E402
-from quantgate.benchy import BenchySettings, run_benchy  # noqa: E402
-from quantgate.workload import NONCE_TOKENS, Client  # noqa: E402
+from quantgate.workload.benchy import BenchySettings, run_benchy  # noqa: E402
+from quantgate.workload.grid import NONCE_TOKENS, Client  # noqa: E402
 
 
 def test_cells_are_capped_by_max_model_len() -> None:

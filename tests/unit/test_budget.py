@@ -1,4 +1,4 @@
-"""Time budgets per config (quantgate.budget), the keys that set them, and the wall-clock limit per request."""
+"""Time budgets per config (quantgate.workload.budget), the keys that set them, and the wall-clock limit per request."""
 
 import json
 import math
@@ -10,8 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeServer  # noqa: E402
-from quantgate.baselines import SCHEMA_VERSION, BaselineStore  # noqa: E402
-from quantgate.budget import (  # noqa: E402
+from quantgate.config.matrix import DEFAULT_BUDGET_S, MatrixError, load_matrix  # noqa: E402
+from quantgate.gate.baselines import SCHEMA_VERSION, BaselineStore  # noqa: E402
+from quantgate.workload.budget import (  # noqa: E402
     BudgetExceeded,
     budget_for,
     check_budget,
@@ -19,8 +20,7 @@ from quantgate.budget import (  # noqa: E402
     record_estimate,
     workload_cost,
 )
-from quantgate.matrix import DEFAULT_BUDGET_S, MatrixError, load_matrix  # noqa: E402
-from quantgate.workload import Client, WorkloadError  # noqa: E402
+from quantgate.workload.grid import Client, WorkloadError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -177,7 +177,7 @@ def test_record_estimate_uses_the_slowest_recorded_kind_and_caps_at_budget(tmp_p
 
 @pytest.mark.fault("budget", "workloads slower than the probe said", "no request starts once the budget is spent")
 def test_client_starts_no_request_once_the_budget_is_spent() -> None:
-    from quantgate.budget import BudgetExceeded as Raised
+    from quantgate.workload.budget import BudgetExceeded as Raised
 
     with FakeServer(tokens_per_s=1000) as srv, Client(srv.url, "m", budget=(0.5, "config 'x'")) as client:
         client.complete([1, 2, 3], 4)

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from quantgate.baselines import Baseline, BaselineStore, NoiseModel
-from quantgate.calibration import (
+from quantgate.gate.baselines import Baseline, BaselineStore, NoiseModel
+from quantgate.gate.calibration import (
     Limits,
     calibrate,
     cross_session,
@@ -151,8 +151,8 @@ def test_noise_json_with_cross_session_still_reads_as_a_noise_model(tmp_path: Pa
 
 
 def test_default_configs_are_the_reference_and_one_per_quantization(tmp_path) -> None:
-    from quantgate.calibration import default_configs
-    from quantgate.matrix import load_matrices
+    from quantgate.config.matrix import load_matrices
+    from quantgate.gate.calibration import default_configs
 
     repo = Path(__file__).resolve().parents[2]
     matrices = load_matrices(sorted((repo / "fixtures/matrix").glob("*.toml")))

@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeServer  # noqa: E402
-from quantgate.concurrency import (  # noqa: E402
+from quantgate.workload.concurrency import (  # noqa: E402
     LevelResult,
     StreamTiming,
     SweepSettings,
@@ -16,7 +16,7 @@ from quantgate.concurrency import (  # noqa: E402
     run_sweep,
     timed_stream,
 )
-from quantgate.workload import NONCE_TOKENS, Client, WorkloadError  # noqa: E402
+from quantgate.workload.grid import NONCE_TOKENS, Client, WorkloadError  # noqa: E402
 
 
 def _timing(ttft: float, gaps: list[float], tokens: int) -> StreamTiming:

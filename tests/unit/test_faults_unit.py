@@ -17,14 +17,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeServer  # noqa: E402
-from quantgate import engine as engine_mod  # noqa: E402
 from quantgate import hardware as hardware_mod  # noqa: E402
-from quantgate.baselines import BaselineStore, atomic_write  # noqa: E402
-from quantgate.matrix import EngineConfig, load_matrix  # noqa: E402
-from quantgate.models import ModelError  # noqa: E402
+from quantgate.config.matrix import EngineConfig, load_matrix  # noqa: E402
+from quantgate.engine import process as engine_mod  # noqa: E402
+from quantgate.gate.baselines import BaselineStore, atomic_write  # noqa: E402
+from quantgate.models.recipes import ModelError  # noqa: E402
 from quantgate.session import Run, Settings  # noqa: E402
 from quantgate.stats import Figure  # noqa: E402
-from quantgate.workload import Client  # noqa: E402
+from quantgate.workload.grid import Client  # noqa: E402
 
 
 def _writer(path: str, size: int) -> None:
@@ -70,7 +70,7 @@ def test_concurrent_refresh_keeps_both_workers_figures(tmp_path: Path) -> None:
 @pytest.mark.fault("baselines", "schema from another quantgate version / baseline of another hardware id",
                    "one line naming the file, the found and the expected schema or hardware")
 def test_foreign_baselines_are_refused(tmp_path: Path) -> None:
-    from quantgate.baselines import BaselineError
+    from quantgate.gate.baselines import BaselineError
 
     store = BaselineStore(tmp_path)
     store.update("cpu-x", "a", [Figure("f", "u", True, (1.0,))], None, {}, "r")

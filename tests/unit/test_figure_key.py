@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantgate.matrix import MatrixError, load_matrix
+from quantgate.config.matrix import MatrixError, load_matrix
 from quantgate.stats import Figure, FigureKey, FigureKeyError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from quantgate import hardware
-from quantgate.baselines import Baseline, BaselineStore, NoiseModel, foreign_baselines, judge, version_changes
-from quantgate.matrix import load_matrix
-from quantgate.roofline import figures_for
+from quantgate.config.matrix import load_matrix
+from quantgate.gate.baselines import Baseline, BaselineStore, NoiseModel, foreign_baselines, judge, version_changes
+from quantgate.report.roofline import figures_for
 from quantgate.stats import Figure
-from quantgate.workload import Cell, RequestResult, WorkloadResult, figures_from
+from quantgate.workload.grid import Cell, RequestResult, WorkloadResult, figures_from
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quantgate.kernels import parse_log_file
+from quantgate.kernels.parse import parse_log_file
 from quantgate.session import engine_figures, kernel_snapshot_dict
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,10 +1,11 @@
-"""quantgate.launchers: container commands and attach settings (no container runtime needed)."""
+"""quantgate.engine.launchers: container commands and attach settings (no container runtime needed)."""
 
 from __future__ import annotations
 
 import pytest
 
-from quantgate.launchers import (
+from quantgate.config.matrix import EngineConfig
+from quantgate.engine.launchers import (
     ContainerSpec,
     LauncherError,
     attach_kernel_log,
@@ -12,7 +13,6 @@ from quantgate.launchers import (
     container_stop_command,
     from_env,
 )
-from quantgate.matrix import EngineConfig
 
 CFG = EngineConfig(id="sm121-coder-nvfp4-vllm-cutlass", model="/data/m", quantization="nvfp4",
                    hardware=("sm121",), env={"VLLM_USE_FLASHINFER_MOE_FP4": "0"})

@@ -34,9 +34,9 @@ def test_prestarted_engines_are_timed_each_on_its_own(monkeypatch: pytest.Monkey
     3 s was stamped 3 s (on the H200 every engine of a wave read the slowest one's start-up)."""
     import time
 
-    from quantgate import engine as engine_mod
+    from quantgate.config.matrix import load_matrix
+    from quantgate.engine import process as engine_mod
     from quantgate.hardware import Hardware
-    from quantgate.matrix import load_matrix
     from quantgate.session import Run, Settings
 
     (tmp_path / "m.toml").write_text('[defaults]\nhardware = ["cpu"]\nmodel = "/m"\n'

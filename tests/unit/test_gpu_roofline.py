@@ -1,4 +1,4 @@
-"""quantgate.roofline: bytes per decoded token and the bandwidth ceiling."""
+"""quantgate.report.roofline: bytes per decoded token and the bandwidth ceiling."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from quantgate.roofline import figures_for, param_counts, roofline
+from quantgate.report.roofline import figures_for, param_counts, roofline
 from quantgate.stats import Figure
 
 CODER_30B_A3B = {  # Qwen3-Coder-30B-A3B-Instruct's config.json, the fields the roofline reads

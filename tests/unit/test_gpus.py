@@ -1,4 +1,4 @@
-"""quantgate.gpus: GPU leases shared by processes (flock), first come first served, parallel sizes."""
+"""quantgate.engine.gpus: GPU leases shared by processes (flock), first come first served, parallel sizes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quantgate.gpus import GpuLeaseError, GpuPool, gpus_needed, visible_gpus
+from quantgate.engine.gpus import GpuLeaseError, GpuPool, gpus_needed, visible_gpus
 from quantgate.locks import LockError
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from quantgate import cli, history
-from quantgate.history import Entry, HistoryStore
+from quantgate import cli
+from quantgate.report import history
+from quantgate.report.history import Entry, HistoryStore
 
 FIG = "decode_tps[ctx=0,out=long]"
 

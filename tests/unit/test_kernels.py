@@ -1,4 +1,4 @@
-"""Unit tests for quantgate.kernels: vLLM engine-log lines -> KernelRecord.
+"""Unit tests for quantgate.kernels.parse: vLLM engine-log lines -> KernelRecord.
 
 The log lines come from the catalogue in shared/reference (vllm-logs.md, vllm-cpu.md, gpu/README.md,
 h100-quantized.md); fixtures/logs/catalogue/README.md says how each fixture file was assembled.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from quantgate.kernels import (
+from quantgate.kernels.parse import (
     KernelRecord,
     diff_records,
     parse_log,

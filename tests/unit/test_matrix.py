@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from quantgate.matrix import MatrixError, load_matrices, load_matrix
+from quantgate.config.matrix import MatrixError, load_matrices, load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_shipped_cpu_matrix_loads_with_required_configs() -> None:
 
 
 def test_benchy_and_concurrency_tables_are_typed_settings_built_at_load(tmp_path: Path) -> None:
-    from quantgate.settings import BenchySettings, SweepSettings
+    from quantgate.config.settings import BenchySettings, SweepSettings
 
     text = GOOD + "\n[benchy]\npp = [64, 128]\nlatency_mode = \"none\"\n\n[concurrency]\nlevels = [1, 2]\n" \
         "percentiles = [50, 90]\n"
@@ -144,7 +144,7 @@ def test_one_hardware_family_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Configs, expected failures and Hardware all follow hardware.marker_for: a new family rule (here: a
     GPU id carrying its model, sm90-h200 -> sm90) needs one edit, not six."""
     from quantgate import hardware
-    from quantgate.matrix import EngineConfig, ExpectedFailure
+    from quantgate.config.matrix import EngineConfig, ExpectedFailure
 
     cpu = EngineConfig(id="a", model="/m", quantization="bf16", hardware=("cpu",))
     assert cpu.applies_to("cpu-amx") and not cpu.applies_to("sm121")

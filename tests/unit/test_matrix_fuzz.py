@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from quantgate import matrix as matrix_mod
-from quantgate.matrix import MatrixError, load_matrices, load_matrix
+from quantgate.config import matrix as matrix_mod
+from quantgate.config.matrix import MatrixError, load_matrices, load_matrix
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = [(REPO / "fixtures/matrix/cpu.toml").read_bytes(), (REPO / "fixtures/matrix/sm121.toml").read_bytes()]

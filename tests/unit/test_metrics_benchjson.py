@@ -8,11 +8,11 @@ import statistics
 import httpx
 import pytest
 
-from quantgate.benchjson import benchmark_entry, transform
-from quantgate.concurrency import histogram_buckets
-from quantgate.metrics import REQUIRED, MetricsError, parse_prometheus
+from quantgate.report.benchjson import benchmark_entry, transform
 from quantgate.stats import Figure
-from quantgate.workload import WorkloadError, checked_snapshot
+from quantgate.workload.concurrency import histogram_buckets
+from quantgate.workload.grid import WorkloadError, checked_snapshot
+from quantgate.workload.metrics import REQUIRED, MetricsError, parse_prometheus
 
 BODY = """# HELP vllm:time_to_first_token_seconds TTFT
 # TYPE vllm:time_to_first_token_seconds histogram

@@ -1,4 +1,4 @@
-"""quantgate.models: recipe validation, digests, and real (small) builds with the cache's guarantees."""
+"""quantgate.models.recipes: recipe validation, digests, and real (small) builds with the cache's guarantees."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from quantgate import models
-from quantgate.models import RECIPES, ModelError, ModelRecipe, ensure_model, recipe_from_spec
+from quantgate.models import recipes as models
+from quantgate.models.recipes import RECIPES, ModelError, ModelRecipe, ensure_model, recipe_from_spec
 
 WHERE = "fixtures/matrix/cpu.toml: config 'w4a16'"
 needs_transformers = pytest.mark.skipif(
@@ -122,7 +122,7 @@ def test_check_draft_against_a_shallower_target() -> None:
 
 def test_digest_is_stable_across_processes() -> None:
     recipe = recipe_from_spec({"recipe": "qwen3-moe", "quantization": "w4a16", "seed": 3})
-    code = ("from quantgate.models import recipe_from_spec as r; "
+    code = ("from quantgate.models.recipes import recipe_from_spec as r; "
             "print(r({'recipe': 'qwen3-moe', 'quantization': 'w4a16', 'seed': 3}).digest())")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -204,7 +204,7 @@ def test_quantized_recipe_without_quantizer_says_how_to_fix(
     monkeypatch.chdir(tmp_path)  # no .venv-quant here or above (tmp_path is outside the repo)
     monkeypatch.setattr("sys.prefix", str(tmp_path / "venv"))  # nor beside the running interpreter's venv
     # nor in quantgate's own checkout (a clean clone after scripts/setup-cpu.sh has one there: CI)
-    monkeypatch.setattr("quantgate.models._checkout_root", lambda: tmp_path / "checkout")
+    monkeypatch.setattr("quantgate.models.recipes._checkout_root", lambda: tmp_path / "checkout")
     recipe = recipe_from_spec({"recipe": "qwen3-dense", "quantization": "w4a16"})
     with pytest.raises(ModelError) as info:
         ensure_model(recipe, tmp_path / "cache")
@@ -465,7 +465,7 @@ def test_trained_build_is_deterministic_and_loads(dense: Path, cache: Path, tmp_
     import torch
     from transformers import AutoModelForCausalLM
 
-    from quantgate import _build_model
+    from quantgate.models import _build_model
 
     monkeypatch.setitem(_build_model.TRAIN_TASKS, "arith-v2",
                         dict(_build_model.TRAIN_TASKS["arith-v2"], steps=30, batch=16))

@@ -1,7 +1,7 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quantgate.plots import acceptance_series, decode_series, plot_acceptance, plot_decode_vs_context
+from quantgate.report.plots import acceptance_series, decode_series, plot_acceptance, plot_decode_vs_context
 from quantgate.stats import Figure
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,5 @@
-"""quantgate.shapes: full-size model shapes (config.json + full-vocabulary tokenizer) served with dummy weights."""
+"""quantgate.models.shapes: full-size model shapes (config.json + full-vocabulary tokenizer) served with dummy
+weights."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from quantgate import engine, roofline, shapes
-from quantgate.matrix import EngineConfig, load_matrix
-from quantgate.models import ModelError
+from quantgate.config.matrix import EngineConfig, load_matrix
+from quantgate.engine import process as engine
+from quantgate.models import shapes
+from quantgate.models.recipes import ModelError
+from quantgate.report import roofline
 
 REPO = Path(__file__).resolve().parents[2]
 

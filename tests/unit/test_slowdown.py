@@ -1,10 +1,10 @@
-"""quantgate.slowdown: the injected slowdown's arithmetic, on a simulated engine loop (no vLLM)."""
+"""quantgate.engine.slowdown: the injected slowdown's arithmetic, on a simulated engine loop (no vLLM)."""
 
 from __future__ import annotations
 
 import pytest
 
-from quantgate import slowdown
+from quantgate.engine import slowdown
 
 
 class Loop:
@@ -78,8 +78,8 @@ def test_wrapped_step_keeps_the_result_and_is_marked() -> None:
 def test_entry_point_is_declared() -> None:
     from pathlib import Path
 
-    from quantgate.matrix import tomllib  # tomli on Python 3.10
+    from quantgate.config.matrix import tomllib  # tomli on Python 3.10
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     eps = pyproject["project"]["entry-points"]["vllm.general_plugins"]
-    assert eps == {"quantgate_slowdown": "quantgate.slowdown:register"}
+    assert eps == {"quantgate_slowdown": "quantgate.engine.slowdown:register"}

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from quantgate.baselines import BaselineError, BaselineStore, NoiseModel, judge
+from quantgate.gate.baselines import BaselineError, BaselineStore, NoiseModel, judge
 from quantgate.stats import Figure, cv, mad, median, worse_by
 
 

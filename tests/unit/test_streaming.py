@@ -1,4 +1,4 @@
-"""quantgate.streaming: HTTP framing and SSE lines rebuilt from stamped reads, pooling, stalls, early close."""
+"""quantgate.workload.streaming: HTTP framing and SSE lines rebuilt from stamped reads, pooling, stalls, early close."""
 
 import asyncio
 import json
@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from quantgate.streaming import StreamError, StreamingClient
+from quantgate.workload.streaming import StreamError, StreamingClient
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

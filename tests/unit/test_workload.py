@@ -6,9 +6,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeServer  # noqa: E402
-from quantgate.matrix import WorkloadSettings  # noqa: E402
-from quantgate.metrics import parse_prometheus, spec_decode_window  # noqa: E402
-from quantgate.workload import NONCE_TOKENS, Client, PromptMaker, WorkloadError, figures_from, grid, run_grid  # noqa: E402
+from quantgate.config.matrix import WorkloadSettings  # noqa: E402
+from quantgate.workload.grid import NONCE_TOKENS, Client, PromptMaker, WorkloadError, figures_from, grid, run_grid  # noqa: E402
+from quantgate.workload.metrics import parse_prometheus, spec_decode_window  # noqa: E402
 
 
 def test_grid_respects_max_model_len() -> None:

@@ -1,0 +1,1 @@
+"""Figures against baselines: the stored baselines, their noise model, verdicts, and calibration."""

@@ -1,0 +1,1 @@
+"""Which kernels the engine chose, read from its log as a normalized record."""

@@ -1,0 +1,1 @@
+"""The pytest layer over quantgate.session."""
