@@ -15,11 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import hardware as hardware_mod
 from .config.matrix import EngineConfig, Matrix
 from .engine import process as engine_mod
-from .engine.gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
 from .engine.launchers import LauncherSettings, attach_kernel_log
+from .engine.pool import EnginePool
 from .errors import QuantgateError
 from .gate import baselines as baselines_mod
 from .gate.baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
@@ -28,9 +27,10 @@ from .kernels import parse as kernels_mod
 from .models import recipes as models_mod
 from .models import shapes as shapes_mod
 from .progress import PlainProgress, Progress
-from .stats import Figure, FigureKey, RecordSource
+from .stats import Figure, RecordSource
 from .workload import budget as budget_mod
-from .workload.grid import Client, WorkloadResult, figures_from, grid, run_grid
+from .workload.grid import Client, WorkloadResult
+from .workload.registry import WorkloadRun, run_workloads, workloads_of
 
 DEFAULT_START_TIMEOUT_S = 900.0
 
@@ -64,15 +64,6 @@ def new_run_id() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
 
 
-@dataclass
-class _Slot:
-    engine: engine_mod.Engine | None = None
-    error: BaseException | None = None
-    measurement: Measurement | None = None
-    lease: Lease | None = None
-    budget_checked: bool = False
-
-
 class KernelLogUnavailable(QuantgateError, RuntimeError):
     """No engine log to read kernel selection from (an attached server without QUANTGATE_ATTACH_LOG)."""
 
@@ -85,24 +76,15 @@ class Run:
     run_id: str = field(default_factory=new_run_id)
     log: Callable[[str], None] = print
     progress: Progress = field(default_factory=PlainProgress)  # each config's stages (quantgate.progress)
-    _slots: dict[str, _Slot] = field(default_factory=dict)
-    _gpu_pool: GpuPool | None = None
-    _attached: str | None = None  # the one config measured on an attached server
+    _measured: dict[str, Measurement] = field(default_factory=dict)
+    _budget_checked: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.results = self.settings.results_dir / self.run_id
         self.store = BaselineStore(self.settings.baselines_dir)
-
-    def gpu_pool(self) -> GpuPool | None:
-        """The host's GPU pool, when engines here run on GPUs we start (not attached, not on CPU)."""
-        if not (self.hardware.is_gpu and self.settings.gpu_leases) or self.settings.launcher.kind == "attach":
-            return None
-        if self._gpu_pool is None:
-            gpus = tuple(visible_gpus())
-            if not gpus:  # a GPU id forced by QUANTGATE_HARDWARE where nvidia-smi sees none: nothing to share
-                return None
-            self._gpu_pool = GpuPool(gpus, default_lock_dir())
-        return self._gpu_pool
+        # Run.resolve_models looked up on each call (tests replace it on the class)
+        self.engines = EnginePool(self.hardware, self.settings, self.results, self.config,
+                                  lambda cfg: self.resolve_models(cfg), log=self.log, progress=self.progress)
 
     # --- configs -------------------------------------------------------------------------------
     def matrix_of(self, config_id: str) -> Matrix:
@@ -153,15 +135,14 @@ class Run:
     def engine(self, config_id: str) -> engine_mod.Engine:
         """The config's running engine, started on first use and probed against the config's time budget
         once; a failed start or an exceeded budget is remembered and re-raised."""
-        eng = self._engine(config_id)
-        slot = self._slots[config_id]
-        if not slot.budget_checked:
-            slot.budget_checked = True
+        eng = self.engines.engine(config_id)
+        if config_id not in self._budget_checked:
+            self._budget_checked.add(config_id)
             try:
                 self._check_budget(config_id, eng)
             except budget_mod.BudgetExceeded as exc:
                 self.release(config_id)  # a crawling engine holds the lane's cores: stop it now
-                slot.error = exc
+                self.engines.fail(config_id, exc)
                 raise
         return eng
 
@@ -183,166 +164,19 @@ class Run:
         return Client(eng.base_url, eng.served_model_name, eng.api_key, w.request_timeout_s, w.request_deadline_s,
                       budget=budget)
 
-    def _engine(self, config_id: str) -> engine_mod.Engine:
-        slot = self._slots.setdefault(config_id, _Slot())
-        if slot.error is not None:
-            raise slot.error
-        if slot.engine is not None:
-            if not slot.engine.alive():
-                code = slot.engine.process.returncode if slot.engine.process else "?"
-                slot.error = engine_mod.EngineError(
-                    f"engine for config {config_id!r} died (exit {code}); "
-                    f"log {slot.engine.log_path}, last lines:\n{slot.engine.log_tail()}"
-                )
-                raise slot.error
-            return slot.engine
-        cfg = self.config(config_id)
-        try:
-            if self.settings.launcher.attach is not None:
-                slot.engine = self._attach(cfg)
-                return slot.engine
-            self.progress.stage(config_id, "model: locating or building", since=time.monotonic())
-            models = self.resolve_models(cfg)
-            pool = self.gpu_pool()
-            if pool is not None:
-                try:
-                    slot.lease = pool.acquire(gpus_needed(cfg.serve_args), f"config {config_id!r} "
-                                              f"(pid {os.getpid()})", timeout_s=self.settings.start_timeout_s)
-                except GpuLeaseError as exc:
-                    raise engine_mod.EngineStartError(f"{cfg.source}: {exc}") from None
-            gpus = slot.lease.gpus if slot.lease else ()
-            self._check_gpu_free(config_id, gpus)
-            log_path = self.results / config_id / "engine.log"
-            on = f" on GPU {','.join(gpus)}" if gpus else ""
-            self.progress.stage(config_id, f"starting engine ({cfg.quantization}, {cfg.spec_label}){on}",
-                                since=time.monotonic())
-            condition = machine_start_condition(self.hardware)
-            for attempt in (1, 2):
-                eng = engine_mod.start(cfg, models, log_path, python=self.settings.python, gpus=gpus,
-                                       container=self.settings.launcher.container)
-                eng.start_condition = condition
-                slot.engine = eng
-                try:
-                    ready = engine_mod.wait_healthy(eng, self.settings.start_timeout_s,
-                                                    on_poll=lambda: self.progress.tick(config_id))
-                    break
-                except engine_mod.EngineStartError:
-                    # the free port we picked was taken before vLLM bound it: one retry on another port
-                    if attempt == 1 and "Address already in use" in eng.log_text():
-                        engine_mod.stop(eng)
-                        log_path.rename(log_path.with_suffix(".port-taken.log"))
-                        continue
-                    raise
-            self.progress.stage(config_id, f"engine healthy after {ready:.1f} s on port {eng.port}")
-        except BaseException as exc:
-            if slot.engine is not None:
-                engine_mod.stop(slot.engine)
-            self._give_back(slot)
-            slot.error = exc if isinstance(exc, Exception) else engine_mod.EngineError(str(exc))
-            raise
-        return eng
-
-    def _attach(self, cfg: EngineConfig) -> engine_mod.Engine:
-        spec = self.settings.launcher.attach
-        assert spec is not None
-        if self._attached not in (None, cfg.id):
-            # one URL is one server: measuring it under a second config's name would file wrong figures
-            raise engine_mod.EngineStartError(
-                f"config {cfg.id!r}: QUANTGATE_LAUNCHER=attach measures one server, already used as config "
-                f"{self._attached!r}; select one config (pytest -k ID)")
-        self._attached = cfg.id
-        eng = engine_mod.attach(cfg, spec)
-        engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
-        self.log(f"quantgate: attached config {cfg.id!r} to {eng.base_url} (model {eng.served_model_name!r})")
-        return eng
-
-    def _give_back(self, slot: _Slot) -> None:
-        if slot.lease is not None:
-            slot.lease.release()
-            slot.lease = None
-
-    def _check_gpu_free(self, config_id: str, gpus: tuple[str, ...] = ()) -> None:
-        """Refuse to start on a GPU whose memory another process holds (with leases: only the leased GPUs,
-        since other workers' engines legitimately hold the rest)."""
-        if not self.hardware.is_gpu or os.environ.get("QUANTGATE_ALLOW_BUSY_GPU") == "1":
-            return
-        # vLLM's GPU memory is held by the engine-core child, not the API server we started: compare groups
-        ours = {e.process.pid for e in engine_mod.live_engines() if e.process is not None}
-
-        def group(pid: int) -> int | None:
-            try:
-                return os.getpgid(pid)
-            except OSError:
-                return None  # another container's pid, or gone
-
-        uuids = gpu_uuids() if gpus else {}
-        wanted = {uuids.get(g, g) for g in gpus}
-        others = [(pid, mib) for pid, mib, gpu in hardware_mod.gpu_memory_holders()
-                  if group(pid) not in ours and (not wanted or gpu in wanted)]
-        if others:
-            held = ", ".join(f"pid {pid} ({mib} MiB)" for pid, mib in others)
-            raise engine_mod.EngineStartError(
-                f"config {config_id!r}: GPU memory is still held by {held}, probably an engine from a previous "
-                f"run; stop it (kill <pid>) or set QUANTGATE_ALLOW_BUSY_GPU=1")
-
     def prestart(self, config_ids: list[str]) -> None:
-        """Start these configs' engines all at once and wait until each is healthy (or has failed), so
-        that measurements later run one at a time while the other engines sit idle. On one GPU with room
-        for every engine (the matrix sets --gpu-memory-utilization / --kv-cache-memory-bytes) this turns N
-        serial starts into one. A failed start is remembered and re-raised by engine(), as usual."""
-        if self.settings.launcher.attach is not None:
-            return  # nothing to start
-        pending: list[tuple[str, engine_mod.Engine]] = []
-        condition = machine_start_condition(self.hardware)  # engines started together share it
-        for config_id in config_ids:
-            slot = self._slots.setdefault(config_id, _Slot())
-            if slot.engine is not None or slot.error is not None:
-                continue
-            cfg = self.config(config_id)
-            try:
-                models = self.resolve_models(cfg)
-                self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}) "
-                         f"[prestart]")
-                # no GPU leases here: prestarted engines share the GPU(s) on purpose
-                slot.engine = engine_mod.start(cfg, models, self.results / config_id / "engine.log",
-                                               python=self.settings.python,
-                                               container=self.settings.launcher.container)
-                slot.engine.start_condition = condition
-                pending.append((config_id, slot.engine))
-            except Exception as exc:
-                slot.error = exc
-        # every engine is watched at once: waiting on them in turn stamped a quick engine "healthy" only when the
-        # slow ones before it were (on the H200, four engines all "healthy after 232.5 s"), so engine_ready_s
-        # and the first-start timings read the slowest engine
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
-            waits = [(cid, eng, pool.submit(engine_mod.wait_healthy, eng, self.settings.start_timeout_s))
-                     for cid, eng in pending]
-            for config_id, eng, wait in waits:
-                slot = self._slots[config_id]
-                try:
-                    ready = wait.result()
-                    self.log(f"quantgate: engine {config_id!r} healthy after {ready:.1f} s on port {eng.port} "
-                             f"[prestart]")
-                except Exception as exc:
-                    engine_mod.stop(eng)
-                    slot.engine = None
-                    slot.error = exc
+        """Start these configs' engines all at once (quantgate.engine.pool.EnginePool.prestart)."""
+        self.engines.prestart(config_ids)
 
     def release(self, config_id: str) -> None:
-        slot = self._slots.get(config_id)
-        if slot and slot.engine is not None:
-            attached = slot.engine.attached_url is not None
-            engine_mod.stop(slot.engine)
-            slot.engine = None
-            self._give_back(slot)
-            if not attached:
-                self.progress.stage(config_id, "engine stopped")
+        self.engines.release(config_id)
 
     def close(self) -> None:
-        for config_id in list(self._slots):
-            self.release(config_id)
+        self.engines.close()
+
+    def measured(self) -> list[Measurement]:
+        """The measurements this process took, in the order its engines were first asked for."""
+        return [self._measured[c] for c in self.engines.config_ids() if c in self._measured]
 
     # --- measurement ---------------------------------------------------------------------------
     def kernel_record(self, config_id: str) -> dict[str, Any]:
@@ -356,43 +190,38 @@ class Run:
         return kernel_snapshot_dict(eng.log_text())
 
     def measurement(self, config_id: str) -> Measurement:
-        slot = self._slots.setdefault(config_id, _Slot())
-        if slot.measurement is not None:
-            return slot.measurement
+        if config_id in self._measured:
+            return self._measured[config_id]
         eng = self.engine(config_id)
         cfg = eng.config
         matrix = self.matrix_of(config_id)
-        cells = grid(matrix.workload, cfg.max_model_len)
         vocab = _vocab_size(Path(self.resolve_models(cfg).model))
         started = time.monotonic()
         source: RecordSource = "server" if matrix.gate.mode == "relative" else "client"
-        extra: list[Figure] = []
         # the probe's estimate is a lower bound: the budget also stops the workloads once it is spent
         budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
         with self._client(eng, matrix, budget) as client:
+            job = WorkloadRun(client, cfg, matrix, vocab, source,
+                              progress=lambda text: self.progress.stage(config_id, text))
             try:
-                if "grid" in cfg.workloads:
-                    result = run_grid(client, matrix.workload, cells, vocab,
-                                      progress=lambda text: self.progress.stage(config_id, text))
-                else:
-                    result, cells = WorkloadResult(), []
-                extra = self._extra_workloads(client, cfg, matrix, vocab, source)
+                measured = run_workloads(job)  # quantgate.workload.registry: grid, benchy, concurrency, accuracy
             except budget_mod.BudgetExceeded as exc:
                 self.release(config_id)
-                slot.error = exc  # every remaining test of the config fails at once with this line
+                self.engines.fail(config_id, exc)  # every remaining test of the config fails at once with this line
                 raise
             except Exception as exc:
                 deadline = time.monotonic() + 3.0  # a dying server drops the connection just before it exits
                 while eng.alive() and time.monotonic() < deadline:
                     time.sleep(0.1)
                 if not eng.alive():
-                    slot.error = engine_mod.EngineError(
+                    died = engine_mod.EngineError(
                         f"engine for config {config_id!r} died during measurement ({exc}); "
                         f"log {eng.log_path}, last lines:\n{eng.log_tail()}")
-                    raise slot.error from exc
+                    self.engines.fail(config_id, died)
+                    raise died from exc
                 raise
-        figures = {f.name: f for f in figures_from(result, cells, source, cfg.speculative is not None)}
-        figures.update({f.name: f for f in extra})
+        result = job.result
+        figures = {f.name: f for f in measured}
         ref = self.reference_of(config_id)
         if ref is not None:
             for f in list(figures.values()):
@@ -414,38 +243,9 @@ class Run:
             figures[f.name] = f
         m = Measurement(cfg, figures, kernel_snapshot_dict(log_text), result,
                         eng.ready_after_s, eng.log_path, getattr(eng, "start_condition", None))
-        slot.measurement = m
+        self._measured[config_id] = m
         self._save_raw(m, time.monotonic() - started)
         return m
-
-    def _extra_workloads(self, client: Client, cfg: EngineConfig, matrix: Matrix, vocab: int,
-                         source: RecordSource) -> list[Figure]:
-        """llama-benchy pp/tg, the concurrency sweep and math accuracy, for configs that ask for them.
-        Speed figures are gated only where absolute speed is (GPU lanes); accuracy is gated everywhere."""
-        figures: list[Figure] = []
-        gate_speed = matrix.gate.mode == "absolute"
-        if "benchy" in cfg.workloads:
-            from .workload.benchy import run_benchy
-
-            settings = replace(matrix.benchy, max_model_len=cfg.max_model_len)
-            for f in run_benchy(client, vocab, settings).figures(source):
-                figures.append(f if gate_speed else replace(f, gated=False))
-        if "concurrency" in cfg.workloads:
-            from .workload.concurrency import run_sweep
-
-            for f in run_sweep(client, vocab, matrix.concurrency).figures():
-                figures.append(replace(f, gated=gate_speed and f.metric == "output_tps"))
-        if "accuracy" in cfg.workloads:
-            from .workload import accuracy
-
-            acc = matrix.accuracy
-            problems = (accuracy.load_jsonl(acc.path) if acc.path
-                        else accuracy.generate_problems(seed=acc.seed, n=acc.problems))
-            self.progress.stage(cfg.id, f"accuracy: {len(problems)} problems")
-            result = accuracy.run_accuracy(client, problems, max_tokens=acc.max_tokens, concurrency=acc.concurrency,
-                                           progress=lambda text: self.progress.stage(cfg.id, text))
-            figures.append(accuracy.accuracy_figure(result))
-        return figures
 
     def _relative_figures(self, figures: dict[str, Figure], reference: Measurement) -> list[Figure]:
         out = []
@@ -542,9 +342,7 @@ class Run:
         return tuple(notes)
 
     def start_condition(self, config_id: str) -> str | None:
-        slot = self._slots.get(config_id)
-        eng = slot.engine if slot else None
-        return getattr(eng, "start_condition", None) if eng is not None else None
+        return self.engines.start_condition(config_id)
 
     def verdict(self, config_id: str, figure_name: str) -> Verdict:
         m = self.measurement(config_id)
@@ -613,28 +411,6 @@ class Run:
         return self.store.update(self.baseline_key, config_id, figs, m.kernels, env, self.run_id)
 
 
-def machine_start_condition(hardware: Hardware) -> str | None:
-    """"first" for the first engine start on this machine since it booted, else "warm" (GPU lanes only).
-
-    On a freshly booted H200 the first start ran A3B W4A16 7% slower than every later start (docs/gpu.md), so
-    baselines and figures record which kind of start they came from. A marker per boot id remembers it."""
-    if not hardware.is_gpu:
-        return None
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-    marker = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quantgate" / "starts" / boot
-    if marker.exists():
-        return "warm"
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
-    except OSError:
-        return None
-    return "first"
-
-
 # Engine figures gated where the matrix asks ([gate] engine_figures = true), each with its own tolerance unless
 # noise.json calibrates one: start-up moves with compile caches and a machine's first start (seen 136-288 s for
 # the same config on an H200), so only a doubling and more fails; memory and KV capacity are deterministic.
@@ -683,24 +459,9 @@ def _vocab_size(model_dir: Path) -> int:
 
 
 def gated_figure_names(cfg: EngineConfig, matrix: Matrix) -> list[str]:
-    """The figures a config is gated on, known before anything runs (one pytest test each)."""
-    cells = grid(matrix.workload, cfg.max_model_len) if "grid" in cfg.workloads else []
-    names: list[str] = []
-    if matrix.gate.mode == "relative":
-        if cfg.id != matrix.gate.reference:
-            names += [str(c.figure_key.with_metric("decode_tps").relative()) for c in cells]
-    else:
-        names += [c.figure("decode_tps") for c in cells]
-        if "benchy" in cfg.workloads:
-            b = replace(matrix.benchy, max_model_len=cfg.max_model_len)
-            names += [str(FigureKey("pp_tps", pp=pp, depth=d)) for pp, d in b.pp_cells()]
-            names += [str(FigureKey("tg_tps", tg=tg, depth=d)) for tg, d in b.tg_cells()]
-        if "concurrency" in cfg.workloads:
-            names += [str(FigureKey("output_tps", c=c)) for c in matrix.concurrency.levels]
+    """The figures a config is gated on, known before anything runs (one pytest test each): each workload's
+    (quantgate.workload.registry), then the engine's own where the matrix gates them."""
+    names = [name for w in workloads_of(cfg) for name in w.gated_figures(cfg, matrix)]
     if matrix.gate.engine_figures and matrix.gate.mode == "absolute":
         names += list(ENGINE_FIGURES)
-    if cfg.speculative is not None and cells:
-        names.append("acceptance_length")
-    if "accuracy" in cfg.workloads:
-        names.append("math_accuracy")
     return names

@@ -58,5 +58,5 @@ def test_prestarted_engines_are_timed_each_on_its_own(monkeypatch: pytest.Monkey
     run = Run((load_matrix(tmp_path / "m.toml"),), Hardware("cpu-test", "test CPU"),
               Settings(results_dir=tmp_path / "r", baselines_dir=tmp_path / "b"), log=lambda msg: None)
     run.prestart(["slow", "quick"])
-    slow, quick = (run._slots[c].engine.ready_after_s for c in ("slow", "quick"))
+    slow, quick = (run.engines.running(c).ready_after_s for c in ("slow", "quick"))
     assert quick < 0.5 < slow < 1.5

@@ -54,7 +54,7 @@ class Engine:
     stop_command: tuple[str, ...] = ()  # run after SIGTERM: removes a container
     attached_url: str | None = None  # a server someone else started: never stopped by us
     model_name: str | None = None
-    start_condition: str | None = None  # session.machine_start_condition: "first" or "warm" on GPUs
+    start_condition: str | None = None  # pool.machine_start_condition: "first" or "warm" on GPUs
     _log_handle: object | None = field(default=None, repr=False)
 
     @property

@@ -533,7 +533,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             measured = run.saved_measurements()
             _load_worker_parts(run, state)
         else:
-            measured = [s.measurement for s in run._slots.values() if s.measurement is not None]
+            measured = run.measured()
         if measured:
             state.report_paths = _write_outputs(session.config, state, run, measured)
     finally:
@@ -570,7 +570,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     state = config.stash.get(STATE_KEY, None)
     if state is None or state._run is None or not getattr(config.option, "benchmark_json", None):
         return
-    measured = [s.measurement for s in state.run._slots.values() if s.measurement is not None]
+    measured = state.run.measured()
     output_json["benchmarks"] += benchjson.document(state.run, measured)["benchmarks"]
     state.benchmark_json_merged = True
 
