@@ -23,8 +23,8 @@ name=$1; shift
   python3 -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'; } \
   2>&1 | tee "$OUT/$name-env.txt"
 # quantgate travels as source (PYTHONPATH=src): load its pytest plugin by name unless an install registered it
-plug="-p quantgate.pytest_plugin.hooks"
-python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.pytest_plugin.hooks" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
+plug="-p quantgate.pytest_plugin"
+python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.pytest_plugin" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
 echo "setup done after $(( $(date +%s) - T0 )) s"
 timeout -s INT -k 40 "${QG_BUDGET_S:-520}" python3 -m pytest $plug tests/regression -m sm90 \
   --qg-matrix "${QG_MATRIX:-fixtures/matrix/sm90.toml}" $([ "${QG_PRESTART:-1}" = 1 ] && echo --qg-prestart) \

@@ -42,8 +42,8 @@ mkdir -p /tmp/qg/results
 nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -l 5 >"$LOGS/gpu.csv" 2>&1 &
 smi=$!
 # quantgate travels as source: load its pytest plugin by name unless an install registered it
-plug="-p quantgate.pytest_plugin.hooks"
-python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.pytest_plugin.hooks" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
+plug="-p quantgate.pytest_plugin"
+python3 -c 'import importlib.metadata as m,sys; sys.exit(0 if any(e.value=="quantgate.pytest_plugin" for e in m.entry_points(group="pytest11")) else 1)' && plug=""
 key=$(python3 -c 'import quantgate.hardware as h; print(h.detect().baseline_key)')
 echo "setup done after $(( $(date +%s) - T0 )) s"
 i=0

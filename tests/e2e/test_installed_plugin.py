@@ -64,7 +64,7 @@ def test_wheel_in_a_fresh_venv_collects_a_matrix(tmp_path: Path) -> None:
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     _run([str(py), "-m", "pip", "install", "-q", str(wheel)], tmp_path, 420)  # no extras: no xdist, no vllm
-    where = _run([str(py), "-c", "import quantgate.pytest_plugin.hooks as p, importlib.util as u; print(p.__file__, "
+    where = _run([str(py), "-c", "import quantgate.pytest_plugin as p, importlib.util as u; print(p.__file__, "
                   "u.find_spec('xdist') is None)"], tmp_path, 60).stdout.split()
     assert where[0].startswith(str(env_dir)) and where[1] == "True", where  # the wheel's copy; no pytest-xdist
 

@@ -6,41 +6,29 @@ Everything measurable lives in quantgate.session; this module only maps it onto 
 from __future__ import annotations
 
 import contextlib
-import io
-import json
-import math
 import os
 import re
 import shlex
 import signal
-from collections import Counter, defaultdict
-from dataclasses import asdict, replace
+from collections import Counter
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any
 
-import httpx
 import pytest
 
 from ..config.matrix import (
     DEFAULT_MATRIX_GLOBS,
     EngineConfig,
     MatrixError,
-    check_serve_args,
-    load_matrices,
-    matrix_files,
 )
 from ..engine import process as engine_mod
 from ..engine.launchers import LauncherError
-from ..engine.launchers import from_env as launcher_from_env
-from ..errors import QuantgateError
-from ..gate.baselines import BaselineError, Verdict, atomic_write
 from ..hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
-from ..kernels.parse import KernelRecord, diff_records
-from ..progress import NullProgress, Output, PlainProgress, Progress, RichProgress
 from ..report.markdown import write_report
-from ..session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
+from ..session import Run, gated_figure_names
+from .state import STATE_KEY, QuantgateState, _state, _write_failed
+from .xdist import _load_worker_parts, _save_worker_part, _xdist_workers, config_of_nodeid
 
-STATE_KEY = pytest.StashKey["QuantgateState"]()
 CONFIG_TEST_TIMEOUT_S = 3600
 
 
@@ -80,130 +68,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("quantgate_results", "results folder, relative to rootdir", default="results")
 
 
-class QuantgateState:
-    """Per-session state, created lazily: unit tests in a repo that has the plugin installed pay nothing."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self._run: Run | None = None
-        self.remaining: Counter[str] = Counter()
-        self.ran_figures: dict[str, set[str]] = defaultdict(set)
-        self.verdicts: list[Verdict] = []
-        self.updated: list[Path] = []
-        # "<file>: <cause>" for every baseline or kernel snapshot a refresh failed to write: the run fails
-        self.write_failures: list[str] = []
-        self.report_paths: list[Path] = []
-        self.benchmark_json_merged = False  # pytest-benchmark wrote --benchmark-json with our figures in it
-        self.progress: Progress = NullProgress()
-        self.running: str | None = None  # the test pytest is running (its result is written next)
-        self.no_baselines_checked = False  # under xdist: once, on the first worker's collection
-        # pytest-xdist workers share the controller's run id, hence one results folder and one report
-        workerinput = getattr(config, "workerinput", None)
-        self.run_id: str = (workerinput or {}).get("quantgate_run_id") or new_run_id()
-
-    @property
-    def update(self) -> bool:
-        return bool(self.config.getoption("update_baselines"))
-
-    def _path(self, option: str, ini: str) -> Path:
-        value = self.config.getoption(option) or self.config.getini(ini)
-        path = Path(value)
-        return path if path.is_absolute() else Path(self.config.rootpath) / path
-
-    def matrix_requested(self) -> bool:
-        if self.config.getoption("qg_matrix"):
-            return True
-        root = Path(self.config.rootpath)
-        return any(any(root.glob(p)) for p in self.config.getini("quantgate_matrix"))
-
-    @property
-    def run(self) -> Run:
-        if self._run is None:
-            paths = matrix_files(self.config.getoption("qg_matrix"), self.config.getini("quantgate_matrix"),
-                                 Path(self.config.rootpath))
-            hardware = detect()
-            matrices = load_matrices(paths, hardware.id)
-            check_serve_args(tuple(self.config.getoption("qg_serve_arg")), "--qg-serve-arg")
-            settings = Settings(
-                results_dir=self._path("qg_results", "quantgate_results"),
-                baselines_dir=self._path("qg_baselines", "quantgate_baselines"),
-                extra_serve_args=tuple(self.config.getoption("qg_serve_arg")),
-                extra_serve_args_for=tuple(self.config.getoption("qg_only")),
-                launcher=launcher_from_env(),
-            )
-            budget = self.config.getoption("qg_budget")
-            if budget is not None:
-                if not math.isfinite(budget) or budget < 0:
-                    raise MatrixError(f"--qg-budget {budget:g}: must be a number of seconds >= 0 (0: no budget)")
-                settings.budget_override_s = budget
-            if self.config.getoption("qg_start_timeout"):
-                settings.start_timeout_s = float(self.config.getoption("qg_start_timeout"))
-            self.progress = _screen_progress(self.config, self)
-            self._run = Run(matrices, hardware, settings, run_id=self.run_id, log=self.progress.message,
-                            progress=self.progress)
-        return self._run
-
-    @property
-    def hardware(self) -> Hardware:
-        return self.run.hardware
-
-
-class _TerminalStream(io.TextIOBase):
-    """pytest's terminal writer as a file (for rich and the plain lines). Each write steps out of pytest's
-    output capture, as pytest's own live logging does: during a test, fd 1 is pytest's capture file."""
-
-    def __init__(self, tw: Any, capman: Any, tty: bool) -> None:
-        self._tw, self._capman, self._tty = tw, capman, tty
-
-    def _uncaptured(self) -> Any:
-        return self._capman.global_and_fixture_disabled() if self._capman is not None else contextlib.nullcontext()
-
-    def write(self, text: str) -> int:
-        with self._uncaptured():
-            self._tw.write(text, flush=True)
-        return len(text)
-
-    def end_line(self) -> None:
-        if self._tw.width_of_current_line:
-            with self._uncaptured():
-                self._tw.line()
-
-    def flush(self) -> None:
-        self._tw.flush()
-
-    def isatty(self) -> bool:
-        return self._tty
-
-
-def _screen_progress(config: pytest.Config, state: QuantgateState) -> Progress:
-    """Rich on a terminal, plain lines in a CI log (QUANTGATE_PROGRESS=rich|plain|off overrides), written in
-    blocks never inside pytest's progress line: a block first ends pytest's line, and after it the line
-    starts again with pytest's prefix (file name), so no result letter stands alone (pytest -v writes the
-    test id again itself)."""
-    tr = config.pluginmanager.get_plugin("terminalreporter")
-    choice = os.environ.get("QUANTGATE_PROGRESS", "").strip().lower()
-    if tr is None or hasattr(config, "workerinput") or choice == "off":
-        return NullProgress()  # an xdist worker's output reaches no screen
-    terminal = choice == "rich" or (choice != "plain" and bool(getattr(tr, "isatty", False)))
-    stream = _TerminalStream(tr._tw, config.pluginmanager.get_plugin("capturemanager"), terminal)
-
-    def close_block() -> None:
-        tr.currentfspath = None
-        nodeid = state.running
-        if nodeid is not None and tr.showfspath and not tr.showlongtestinfo:
-            # pytest writes the next letter right where the cursor is: give it its prefix line back
-            fspath = Path(config.rootpath) / nodeid.split("::")[0]
-            stream.write(f"{os.path.relpath(fspath, tr.startpath)} ")
-            tr.currentfspath = fspath
-
-    output = Output(cast(TextIO, stream), stream.end_line, close_block)
-    return RichProgress(output, force_terminal=True, width=tr._tw.fullwidth) if terminal else PlainProgress(output)
-
-
-def _state(config: pytest.Config) -> QuantgateState:
-    return config.stash[STATE_KEY]
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
@@ -219,59 +83,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if _xdist_workers(config) and config.getoption("qg_prestart", False):
         raise pytest.UsageError("quantgate: --qg-prestart starts every engine in one process on shared GPUs; "
                                 "with -n each worker leases its own GPUs instead: drop one of the two")
-
-
-def _xdist_workers(config: pytest.Config) -> int:
-    """Workers pytest-xdist will start (0 without -n); on a worker itself, 0."""
-    if hasattr(config, "workerinput"):
-        return 0
-    n = getattr(config.option, "numprocesses", None)
-    return n if isinstance(n, int) else 0
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node: Any) -> None:
-    """pytest-xdist: every worker gets the controller's run id."""
-    node.workerinput["quantgate_run_id"] = _state(node.config).run_id
-
-
-@pytest.hookimpl(optionalhook=True, tryfirst=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """pytest-xdist: send all of a config's tests (and, on a relative gate, its reference's) to one worker,
-    so each engine starts once. Our own scope rule rather than --dist loadgroup, whose node-id tagging does
-    nothing under pytest 9.2 (xdist 3.8 sets item._nodeid, which pytest no longer reads)."""
-    state = config.stash.get(STATE_KEY, None)
-    if state is None or state._run is None or config.getoption("dist", "no") not in _SPREAD_MODES:
-        return None
-    from xdist.scheduler import LoadScopeScheduling
-
-    run = state.run
-    by_length = sorted((c.id for c in run.configs()), key=len, reverse=True)
-
-    class ConfigScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return xdist_scope(run, by_length, nodeid)
-
-    return ConfigScheduling(config, log)
-
-
-_SPREAD_MODES = ("load", "loadgroup", "loadscope", "loadfile", "worksteal")
-
-
-def xdist_scope(run: Run, config_ids: list[str], nodeid: str) -> str:
-    """The scheduling unit of a test: its config's reference (or the config), found in the parameter id
-    (`test_figure[<config>-<figure>]`); any other test is its own unit."""
-    cid = config_of_nodeid(config_ids, nodeid)
-    return nodeid if cid is None else "quantgate:" + (run.reference_of(cid) or cid)
-
-
-def config_of_nodeid(config_ids: list[str], nodeid: str) -> str | None:
-    """The config a test id belongs to, from its parameter id; config_ids longest first."""
-    param = nodeid[nodeid.find("[") + 1:-1] if nodeid.endswith("]") and "[" in nodeid else ""
-    for cid in config_ids:  # longest first: "w4a16-eagle3" before "w4a16"
-        if param == cid or param.startswith(cid + "-"):
-            return cid
-    return None
 
 
 def _install_sigterm() -> None:
@@ -505,16 +316,6 @@ def _refresh_baseline(state: QuantgateState, cid: str) -> None:
         _write_failed(state, run.store.path(run.baseline_key, cid), exc, config_id=cid)
 
 
-def _write_failed(state: QuantgateState, path: Path | str, exc: BaseException, config_id: str | None = None) -> None:
-    line = f"{path}: not written: {type(exc).__name__}: {exc}"
-    state.write_failures.append(line)
-    if state._run is not None:
-        state.run.log(f"quantgate: {line}")
-    if config_id is not None:  # its figures were reported UPDATED when measured: they were not
-        state.verdicts = [replace(v, outcome="unwritten") if v.config_id == config_id and v.outcome == "updated"
-                          else v for v in state.verdicts]
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(STATE_KEY, None)
     if state is None or state._run is None:
@@ -575,27 +376,6 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
     state.benchmark_json_merged = True
 
 
-def _save_worker_part(run: Run, state: QuantgateState, worker: str) -> None:
-    if not state.verdicts and not state.updated and not state.write_failures:
-        return
-    folder = run.results / "workers"
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {"verdicts": [asdict(v) for v in state.verdicts], "updated": [str(p) for p in state.updated],
-            "write_failures": state.write_failures}
-    atomic_write(folder / f"{worker}.json", json.dumps(body, default=str))
-
-
-def _load_worker_parts(run: Run, state: QuantgateState) -> None:
-    for part in sorted((run.results / "workers").glob("*.json")):
-        body = json.loads(part.read_text(encoding="utf-8"))
-        for v in body.get("verdicts", []):
-            v["kernel_diff"] = tuple(v.get("kernel_diff") or ())
-            v["interval"] = tuple(v["interval"]) if v.get("interval") else None
-            state.verdicts.append(Verdict(**v))
-        state.updated += [Path(p) for p in body.get("updated", [])]
-        state.write_failures += body.get("write_failures", [])
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     engine_mod.stop_all()
 
@@ -641,156 +421,3 @@ def _summarize_expected_slow(tr: Any, state: QuantgateState) -> None:
         for cfg in slow:
             assert cfg.expected_slow is not None
             tr.write_line(f"  SKIPPED  {cfg.id:14} {cfg.expected_slow.reason}")
-
-
-@contextlib.contextmanager
-def _failures_as_messages(run: Run, config_id: str) -> Any:
-    """An engine that fails is one clear message, not a traceback through quantgate's internals; an
-    expected failure is re-raised as is so that xfail(raises=EngineStartError) can match it. Every error
-    quantgate raises on purpose shares one root, so a new kind (AccuracyError was missed once) needs no edit."""
-    try:
-        yield
-    except (QuantgateError, httpx.HTTPError) as exc:
-        expected = run.config(config_id).expected_failure
-        if expected is not None and expected.applies_to(run.hardware.id):
-            raise
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
-
-
-# --- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture
-def qg_config_id() -> str:  # replaced by parametrization; fails plainly if a test asks without it
-    raise pytest.UsageError("qg_config_id is parametrized by the quantgate plugin from the matrix")
-
-
-@pytest.fixture
-def qg_figure() -> str:
-    raise pytest.UsageError("qg_figure is parametrized by the quantgate plugin from the matrix")
-
-
-@pytest.fixture(scope="session")
-def qg_run(request: pytest.FixtureRequest) -> Run:
-    return _state(request.config).run
-
-
-@pytest.fixture
-def qg_gate(request: pytest.FixtureRequest) -> Any:
-    """qg_gate(config_id, figure): measure once per config, compare with the baseline, assert."""
-    state = _state(request.config)
-
-    def gate(config_id: str, figure: str) -> Verdict:
-        run = state.run
-        state.ran_figures[config_id].add(figure)
-        with _failures_as_messages(run, config_id):
-            if state.update and not run.config(config_id).baseline_of:  # a copy writes no baseline: judged
-                fig = run.measurement(config_id).figures[figure]
-                try:
-                    was = run.verdict(config_id, figure).baseline
-                except BaselineError:
-                    was = None  # a corrupt or foreign file is what --update-baselines is for
-                verdict = Verdict(config_id, figure, fig.unit, "updated", fig.value, was)
-            else:
-                verdict = run.verdict(config_id, figure)
-        state.verdicts.append(verdict)
-        if verdict.outcome in ("fail", "missing"):
-            pytest.fail(verdict.message(), pytrace=False)
-        if verdict.outcome == "indeterminate":
-            if state.config.getoption("qg_strict"):
-                pytest.fail(verdict.message(), pytrace=False)
-            pytest.xfail(f"INDETERMINATE: {verdict.message()}")  # neither pass nor fail, and visible
-        return verdict
-
-    return gate
-
-
-@pytest.fixture
-def qg_kernels(request: pytest.FixtureRequest) -> Any:
-    """qg_kernels(config_id): the normalized kernel record parsed from the running engine's log."""
-    state = _state(request.config)
-
-    def kernels(config_id: str) -> dict[str, Any]:
-        state.ran_figures[config_id]  # touched: --update-baselines records this config's figures too
-        with _failures_as_messages(state.run, config_id):
-            try:
-                return state.run.kernel_record(config_id)
-            except KernelLogUnavailable as exc:
-                pytest.skip(str(exc))
-
-    return kernels
-
-
-@pytest.fixture
-def qg_explain(request: pytest.FixtureRequest) -> Any:
-    """qg_explain(config_id): one paragraph for a failed kernel snapshot: the kernel change against the
-    baseline's record and every gated figure's delta, measured now (the figures' own tests reuse it)."""
-    state = _state(request.config)
-
-    def explain(config_id: str) -> str:
-        run = state.run
-        try:
-            base = run.baseline(config_id)
-            m = run.measurement(config_id)
-        except Exception as exc:  # the snapshot diff below still says what changed
-            return f"kernel selection changed for {config_id!r} (figures unavailable: {exc})"
-        if base is None:  # nothing to compare with: a first run on this hardware, not a change
-            return (f"no baseline or kernel snapshot recorded for config {config_id!r} on {run.baseline_key}: "
-                    f"record them with `pytest --update-baselines`")
-        lines = [f"kernel selection changed for config {config_id!r}"]
-        if base.kernels is not None:
-            lines += ["  " + d for d in diff_records(KernelRecord.from_dict(base.kernels),
-                                                      KernelRecord.from_dict(m.kernels))]
-        for name, fig in sorted(m.figures.items()):
-            if not fig.gated:
-                continue
-            v = run.verdict(config_id, name)
-            delta = f"{v.delta:+.1%}" if v.delta is not None else "no baseline"
-            lines.append(f"  {name}: {delta} ({v.outcome})")
-        return "\n".join(lines)
-
-    return explain
-
-
-@pytest.fixture
-def qg_kernel_snapshot(request: pytest.FixtureRequest, snapshot: Any) -> Any:
-    """A syrupy snapshot kept per hardware: baselines/<hardware>/kernels/<test module>/<test>.json (the module
-    folder lets syrupy relate snapshots to their tests and report unused ones)."""
-    from syrupy.extensions.json import JSONSnapshotExtension
-
-    state = _state(request.config)
-    cid = request.node.callspec.params.get("qg_config_id") if hasattr(request.node, "callspec") else None
-    if cid is not None and state.run.config(cid).baseline_of:
-        # a copy of a config (calibration, injected slowdown) must pick what its original's baseline recorded
-        base = state.run.baseline(cid)
-        if base is not None and base.kernels is not None:
-            return base.kernels
-    folder = state.run.store.root / state.run.baseline_key / "kernels"
-
-    class PerHardwareKernels(JSONSnapshotExtension):
-        @classmethod
-        def dirname(cls, *, test_location: Any) -> str:
-            return str(folder / test_location.basename)
-
-        def read_snapshot_data_from_location(self, **kwargs: Any) -> Any:
-            try:
-                return super().read_snapshot_data_from_location(**kwargs)
-            except NotADirectoryError:  # a file where the folder goes: no snapshot; a refresh names the file
-                return None
-
-        @classmethod
-        def write_snapshot(cls, *, snapshot_location: str, **kwargs: Any) -> None:
-            # syrupy records a write error only as a failed comparison; name the file and fail the run too
-            try:
-                super().write_snapshot(snapshot_location=snapshot_location, **kwargs)
-            except Exception as exc:
-                _write_failed(state, snapshot_location, exc)
-                raise
-
-        @classmethod
-        def write_snapshot_collection(cls, *, snapshot_collection: Any, name_order: Any = None) -> None:
-            # the same temp-file-fsync-rename as the baselines: an interrupted refresh leaves the old snapshot
-            data = next(iter(snapshot_collection)).data
-            if not isinstance(data, str):
-                raise TypeError(f"kernel snapshot must serialize to text, got {type(data).__name__}")
-            atomic_write(Path(snapshot_collection.location), data)
-
-    return snapshot.use_extension(PerHardwareKernels)
