@@ -30,18 +30,18 @@ def _cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import recipes as models
+    from .models import cache, recipes
 
-    cache = Path(args.cache) if args.cache else None
+    cache_dir = Path(args.cache) if args.cache else None
     specs = args.recipe or ["qwen3-dense"]
     for spec in specs:
         name, _, quant = spec.partition(":")
         table: dict[str, object] = {"recipe": name}
         if quant:
             table["quantization"] = quant
-        recipe = models.recipe_from_spec(table, where=f"command line {spec!r}")
+        recipe = recipes.recipe_from_spec(table, where=f"command line {spec!r}")
         started = time.monotonic()
-        path = models.ensure_model(recipe, cache)
+        path = cache.ensure_model(recipe, cache_dir)
         print(f"{spec}: {path} ({time.monotonic() - started:.1f} s)")
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config.matrix import EngineConfig, Matrix
 from .engine import process as engine_mod
+from .engine.figures import ENGINE_FIGURES, engine_figures
 from .engine.launchers import LauncherSettings, attach_kernel_log
 from .engine.pool import EnginePool
 from .errors import QuantgateError
@@ -24,6 +25,8 @@ from .gate import baselines as baselines_mod
 from .gate.baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
 from .hardware import Hardware
 from .kernels import parse as kernels_mod
+from .kernels.record import KernelRecord, diff_records
+from .models import cache as model_cache
 from .models import recipes as models_mod
 from .models import shapes as shapes_mod
 from .progress import PlainProgress, Progress
@@ -117,8 +120,8 @@ class Run:
                 return str(shapes_mod.ensure_shape(spec, self.settings.model_cache))
             if isinstance(ref, dict):
                 recipe = models_mod.recipe_from_spec(ref, where=f"{cfg.source} {what}")
-                return str(models_mod.ensure_model(recipe, self.settings.model_cache,
-                                                   log=lambda msg: self.progress.stage(cfg.id, f"model: {msg}")))
+                return str(model_cache.ensure_model(recipe, self.settings.model_cache,
+                                                    log=lambda msg: self.progress.stage(cfg.id, f"model: {msg}")))
             path = Path(ref)
             if not path.exists():
                 raise models_mod.ModelError(f"{cfg.source}: {what} path {ref!r} does not exist")
@@ -353,8 +356,7 @@ class Run:
         base = self.baseline(config_id)
         diff: tuple[str, ...] = ()
         if base is not None and base.kernels is not None:
-            diff = tuple(kernels_mod.diff_records(
-                kernels_mod.KernelRecord.from_dict(base.kernels), kernels_mod.KernelRecord.from_dict(m.kernels)))
+            diff = tuple(diff_records(KernelRecord.from_dict(base.kernels), KernelRecord.from_dict(m.kernels)))
         verdict = judge(config_id, fig, base, self.noise(config_id), diff)
         notes = self.verdict_notes(config_id, base)
         return replace(verdict, notes=verdict.notes + notes) if notes else verdict
@@ -409,36 +411,6 @@ class Run:
         if m.start_condition:
             env["start_condition"] = m.start_condition
         return self.store.update(self.baseline_key, config_id, figs, m.kernels, env, self.run_id)
-
-
-# Engine figures gated where the matrix asks ([gate] engine_figures = true), each with its own tolerance unless
-# noise.json calibrates one: start-up moves with compile caches and a machine's first start (seen 136-288 s for
-# the same config on an H200), so only a doubling and more fails; memory and KV capacity are deterministic.
-ENGINE_FIGURES: dict[str, float] = {"engine_ready_s": 1.5, "model_memory_gib": 0.05, "kv_cache_tokens": 0.05}
-
-_LOG_FIGURES = (
-    # (figure, unit, higher is better, pattern): what the engine's log says about memory at start-up; the V1
-    # runner writes "took X GiB memory and", the V2 runner (dense models) "took X GiB and"
-    ("model_memory_gib", "GiB", False, r"Model loading took ([\d.]+) GiB"),
-    ("kv_cache_tokens", "tokens", True, r"GPU KV cache size: ([\d,]+) tokens"),
-)
-
-
-def engine_figures(log_text: str, ready_s: float | None) -> list[Figure]:
-    """Start-up seconds, weight memory and KV-cache capacity (ungated: recorded in figures and baselines).
-    A graph capture that hangs, or a backend that doubles memory, shows here."""
-    import re
-
-    out = []
-    if ready_s is not None:
-        out.append(Figure("engine_ready_s", "s", False, (round(ready_s, 2),), "client", gated=False,
-                          note="launch to /health 200"))
-    for name, unit, higher, pattern in _LOG_FIGURES:
-        found = re.findall(pattern, log_text)
-        if found:
-            value = float(found[-1].replace(",", ""))
-            out.append(Figure(name, unit, higher, (value,), "server", gated=False, note="engine log"))
-    return out
 
 
 def kernel_snapshot_dict(log_text: str) -> dict[str, Any]:

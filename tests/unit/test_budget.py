@@ -10,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_openai import FakeServer  # noqa: E402
-from quantgate.config.matrix import DEFAULT_BUDGET_S, MatrixError, load_matrix  # noqa: E402
+from quantgate.config.matrix import MatrixError, load_matrix  # noqa: E402
+from quantgate.config.records import DEFAULT_BUDGET_S  # noqa: E402
 from quantgate.gate.baselines import SCHEMA_VERSION, BaselineStore  # noqa: E402
 from quantgate.workload.budget import (  # noqa: E402
     BudgetExceeded,

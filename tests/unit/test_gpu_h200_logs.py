@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from quantgate.engine.figures import engine_figures
 from quantgate.kernels.parse import parse_log_file
-from quantgate.session import engine_figures, kernel_snapshot_dict
+from quantgate.session import kernel_snapshot_dict
 
 REPO = Path(__file__).resolve().parents[2]
 CUDA = REPO / "fixtures" / "logs" / "cuda"

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from quantgate.kernels.parse import (
-    KernelRecord,
-    diff_records,
     parse_log,
     parse_log_file,
     spec_decode_metrics,
     strip_envelope,
 )
+from quantgate.kernels.record import KernelRecord, diff_records
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOGUE = ROOT / "fixtures" / "logs" / "catalogue"

@@ -1,4 +1,5 @@
-"""quantgate.models.recipes: recipe validation, digests, and real (small) builds with the cache's guarantees."""
+"""quantgate.models.recipes and quantgate.models.cache: recipe validation, digests, and real (small) builds with the
+cache's guarantees."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from quantgate.models import cache as model_cache
 from quantgate.models import recipes as models
-from quantgate.models.recipes import RECIPES, ModelError, ModelRecipe, ensure_model, recipe_from_spec
+from quantgate.models.cache import ensure_model
+from quantgate.models.recipes import RECIPES, ModelError, ModelRecipe, recipe_from_spec
 
 WHERE = "fixtures/matrix/cpu.toml: config 'w4a16'"
 needs_transformers = pytest.mark.skipif(
@@ -157,9 +160,9 @@ def test_builder_version_is_in_the_digest(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("QUANTGATE_MODEL_CACHE", str(tmp_path / "c"))
-    assert models.default_cache_dir() == tmp_path / "c"
+    assert model_cache.default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("QUANTGATE_MODEL_CACHE")
-    assert models.default_cache_dir() == Path.home() / ".cache" / "quantgate" / "models"
+    assert model_cache.default_cache_dir() == Path.home() / ".cache" / "quantgate" / "models"
 
 
 @pytest.mark.fault("security", "a .venv-quant/bin/python planted in the working directory or a parent (/tmp)",
@@ -173,18 +176,18 @@ def test_find_quant_python(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     (tmp_path / "a" / "b").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "a" / "b")
     monkeypatch.setattr("sys.prefix", str(tmp_path / "elsewhere" / ".venv"))
-    monkeypatch.setattr(models, "_checkout_root", lambda: None)
-    assert models.find_quant_python() is None
+    monkeypatch.setattr(model_cache, "_checkout_root", lambda: None)
+    assert model_cache.find_quant_python() is None
     monkeypatch.chdir(tmp_path)
-    assert models.find_quant_python() is None
+    assert model_cache.find_quant_python() is None
     checkout = tmp_path / "checkout"
     (checkout / ".venv-quant" / "bin").mkdir(parents=True)
     (checkout / ".venv-quant" / "bin" / "python").write_text("")
-    monkeypatch.setattr(models, "_checkout_root", lambda: checkout)
-    assert models.find_quant_python() == checkout / ".venv-quant" / "bin" / "python"
+    monkeypatch.setattr(model_cache, "_checkout_root", lambda: checkout)
+    assert model_cache.find_quant_python() == checkout / ".venv-quant" / "bin" / "python"
     monkeypatch.setenv("QUANTGATE_QUANT_PYTHON", str(tmp_path / "nope"))
     with pytest.raises(ModelError, match="QUANTGATE_QUANT_PYTHON=.*nope does not exist"):
-        models.find_quant_python()
+        model_cache.find_quant_python()
 
 
 def test_quantizer_is_found_beside_the_running_venv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -194,7 +197,7 @@ def test_quantizer_is_found_beside_the_running_venv(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("QUANTGATE_QUANT_PYTHON", raising=False)
     monkeypatch.chdir(tmp_path)  # pytest started elsewhere, e.g. a pytester folder
     monkeypatch.setattr("sys.prefix", str(tmp_path / "repo" / ".venv"))
-    assert models.find_quant_python() == quant / "python"
+    assert model_cache.find_quant_python() == quant / "python"
 
 
 def test_quantized_recipe_without_quantizer_says_how_to_fix(
@@ -204,7 +207,7 @@ def test_quantized_recipe_without_quantizer_says_how_to_fix(
     monkeypatch.chdir(tmp_path)  # no .venv-quant here or above (tmp_path is outside the repo)
     monkeypatch.setattr("sys.prefix", str(tmp_path / "venv"))  # nor beside the running interpreter's venv
     # nor in quantgate's own checkout (a clean clone after scripts/setup-cpu.sh has one there: CI)
-    monkeypatch.setattr("quantgate.models.recipes._checkout_root", lambda: tmp_path / "checkout")
+    monkeypatch.setattr("quantgate.models.cache._checkout_root", lambda: tmp_path / "checkout")
     recipe = recipe_from_spec({"recipe": "qwen3-dense", "quantization": "w4a16"})
     with pytest.raises(ModelError) as info:
         ensure_model(recipe, tmp_path / "cache")
@@ -222,7 +225,7 @@ def test_failed_build_leaves_no_folder(monkeypatch: pytest.MonkeyPatch, tmp_path
                       "pathlib.Path(job['out'], 'tokenizer.json').write_text('half')\n"
                       "print('boom: out of luck', file=sys.stderr)\n"
                       "sys.exit(7)\n")
-    monkeypatch.setattr(models, "BUILD_WORKER", broken)
+    monkeypatch.setattr(model_cache, "BUILD_WORKER", broken)
     cache = tmp_path / "cache"
     with pytest.raises(ModelError) as info:
         ensure_model(small(), cache)
@@ -332,14 +335,14 @@ def test_cache_hit_builds_nothing(dense: Path, cache: Path, monkeypatch: pytest.
     def no_builds(*args: object, **kwargs: object) -> dict:
         raise AssertionError("a cached model was built again")
 
-    monkeypatch.setattr(models, "_run_worker", no_builds)
+    monkeypatch.setattr(model_cache, "_run_worker", no_builds)
     assert ensure_model(small(), cache) == dense
     lines: list[str] = []
-    [report] = models.build_all([small()], cache, log=lines.append)
+    [report] = model_cache.build_all([small()], cache, log=lines.append)
     assert (report.path, report.built) == (dense, False)
     assert lines and lines[-1].startswith("cached")
-    assert models.cached_model(small(), cache) == dense
-    assert models.cached_model(small(seed=1), cache) is None
+    assert model_cache.cached_model(small(), cache) == dense
+    assert model_cache.cached_model(small(seed=1), cache) is None
     assert (dense / "model.safetensors").stat().st_mtime_ns == mtime
 
 
@@ -359,7 +362,7 @@ def test_killed_build_leftovers_are_cleaned_and_seed_changes_weights(dense: Path
     (leftover / "config.json").write_text("{}")
     final.mkdir()  # a damaged folder without its manifest is not trusted
     (final / "config.json").write_text("{}")
-    assert models.cached_model(recipe, cache) is None
+    assert model_cache.cached_model(recipe, cache) is None
 
     assert ensure_model(recipe, cache) == final
     assert not leftover.exists()
@@ -411,7 +414,7 @@ def test_eagle3_draft_layout(cache: Path) -> None:
 
 @needs_transformers
 def test_w4a16_build(dense: Path, cache: Path) -> None:
-    if models.find_quant_python() is None:
+    if model_cache.find_quant_python() is None:
         pytest.skip("no quantizer interpreter: run scripts/setup-cpu.sh or set QUANTGATE_QUANT_PYTHON")
     recipe = small(quantization="w4a16")
     path = ensure_model(recipe, cache)
@@ -470,7 +473,7 @@ def test_trained_build_is_deterministic_and_loads(dense: Path, cache: Path, tmp_
     monkeypatch.setitem(_build_model.TRAIN_TASKS, "arith-v2",
                         dict(_build_model.TRAIN_TASKS["arith-v2"], steps=30, batch=16))
     recipe = dataclasses.replace(RECIPES["qwen3-arith"], num_hidden_layers=1).to_dict()
-    tok = models.ensure_tokenizer(4096, cache)
+    tok = model_cache.ensure_tokenizer(4096, cache)
     outs = []
     for name in ("a", "b"):
         out = tmp_path / name

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantgate.config.matrix import WORKLOADS, load_matrix
-from quantgate.session import ENGINE_FIGURES, gated_figure_names
+from quantgate.engine.figures import ENGINE_FIGURES
+from quantgate.session import gated_figure_names
 from quantgate.workload.registry import WORKLOADS as REGISTRY
 from quantgate.workload.registry import workloads_of
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .recipes import MANIFEST, ModelError, _complete, _publish, _write_json, default_cache_dir
+from .cache import _complete, _publish, _write_json, default_cache_dir
+from .recipes import MANIFEST, ModelError
 
 SHAPE_BUILDER_VERSION = 1
 UNK, BOS, EOS = "<unk>", "<s>", "</s>"  # ids 0, 1, 2: config.json's bos/eos point here, not at Qwen's ids

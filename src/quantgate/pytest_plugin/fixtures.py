@@ -12,7 +12,7 @@ import pytest
 
 from ..errors import QuantgateError
 from ..gate.baselines import BaselineError, Verdict, atomic_write
-from ..kernels.parse import KernelRecord, diff_records
+from ..kernels.record import KernelRecord, diff_records
 from ..session import KernelLogUnavailable, Run
 from .state import _state, _write_failed
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ..config.matrix import DEFAULT_BUDGET_S, EngineConfig, Matrix
+from ..config.records import DEFAULT_BUDGET_S, EngineConfig, Matrix
 from ..gate.baselines import BaselineError, BaselineStore
 from .grid import BudgetExceeded, Client, PromptMaker, WorkloadError, grid
 
