@@ -1,5 +1,6 @@
 """quantgate's modules form a graph without cycles, deferred (function-level) imports included: a cycle kept
-alive by an import inside a function once left Matrix's workload settings as untyped dicts."""
+alive by an import inside a function once left Matrix's workload settings as untyped dicts. And no module is
+longer than MAX_LINES: a 790-line plugin and a 700-line session were what made every change touch everything."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "quantgate"
+MAX_LINES = 450
 
 
 def _is_type_checking(node: ast.If) -> bool:
@@ -82,3 +84,22 @@ def test_quantgate_has_no_import_cycle() -> None:
     assert "quantgate.config.matrix" in graph and "quantgate.session" in graph  # the walk found the package
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def too_long(root: Path = PACKAGE, limit: int = MAX_LINES) -> dict[str, int]:
+    """Modules (paths under the package) longer than `limit` lines, with their length."""
+    lengths = {str(p.relative_to(root)): len(p.read_text(encoding="utf-8").splitlines()) for p in root.rglob("*.py")}
+    return {path: n for path, n in sorted(lengths.items()) if n > limit}
+
+
+def test_the_checker_finds_a_long_module(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "short.py").write_text("x = 1\n" * 3)
+    (tmp_path / "sub" / "long.py").write_text("x = 1\n" * 4)
+    assert too_long(tmp_path, limit=3) == {"sub/long.py": 4}
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    long = too_long()
+    assert not long, f"modules over {MAX_LINES} lines (split them): " + ", ".join(
+        f"{path} ({n})" for path, n in long.items())
