@@ -85,8 +85,9 @@ class Run:
     def __post_init__(self) -> None:
         self.results = self.settings.results_dir / self.run_id
         self.store = BaselineStore(self.settings.baselines_dir)
-        # Run.resolve_models looked up on each call (tests replace it on the class)
-        self.engines = EnginePool(self.hardware, self.settings, self.results, self.config,
+        # the hardware and resolve_models are looked up on each use: a caller may set run.hardware after creating
+        # the run, and tests replace Run.resolve_models on the class
+        self.engines = EnginePool(lambda: self.hardware, self.settings, self.results, self.config,
                                   lambda cfg: self.resolve_models(cfg), log=self.log, progress=self.progress)
 
     # --- configs -------------------------------------------------------------------------------

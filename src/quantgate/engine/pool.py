@@ -41,7 +41,7 @@ class Slot:
 
 @dataclass
 class EnginePool:
-    hardware: Hardware
+    hardware_of: Callable[[], Hardware]  # the run's hardware, read when it matters (a caller may set it late)
     settings: PoolSettings
     results: Path  # engine logs go to <results>/<config>/engine.log
     config: Callable[[str], EngineConfig]
@@ -51,6 +51,10 @@ class EnginePool:
     _slots: dict[str, Slot] = field(default_factory=dict)
     _gpu_pool: GpuPool | None = None
     _attached: str | None = None  # the one config measured on an attached server
+
+    @property
+    def hardware(self) -> Hardware:
+        return self.hardware_of()
 
     def gpu_pool(self) -> GpuPool | None:
         """The host's GPU pool, when engines here run on GPUs we start (not attached, not on CPU)."""
