@@ -21,6 +21,7 @@ from typing import Any, TextIO, cast
 import httpx
 import pytest
 
+from . import budget as budget_mod
 from . import engine as engine_mod
 from .baselines import BaselineError, Verdict, atomic_write
 from .errors import QuantgateError
@@ -29,12 +30,11 @@ from .kernels import KernelRecord, diff_records
 from .launchers import LauncherError
 from .launchers import from_env as launcher_from_env
 from .matrix import DEFAULT_MATRIX_GLOBS, EngineConfig, MatrixError, check_serve_args, load_matrices, matrix_files
-from .progress import NullProgress, Output, PlainProgress, Progress, RichProgress
+from .progress import MessagesOnly, NullProgress, Output, PlainProgress, Progress, RichProgress
 from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
 
 STATE_KEY = pytest.StashKey["QuantgateState"]()
-CONFIG_TEST_TIMEOUT_S = 3600
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -175,9 +175,9 @@ def _screen_progress(config: pytest.Config, state: QuantgateState) -> Progress:
     test id again itself)."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
     choice = os.environ.get("QUANTGATE_PROGRESS", "").strip().lower()
-    if tr is None or hasattr(config, "workerinput") or choice == "off":
+    if tr is None or hasattr(config, "workerinput"):
         return NullProgress()  # an xdist worker's output reaches no screen
-    terminal = choice == "rich" or (choice != "plain" and bool(getattr(tr, "isatty", False)))
+    terminal = choice == "rich" or (choice not in ("plain", "off") and bool(getattr(tr, "isatty", False)))
     stream = _TerminalStream(tr._tw, config.pluginmanager.get_plugin("capturemanager"), terminal)
 
     def close_block() -> None:
@@ -190,6 +190,8 @@ def _screen_progress(config: pytest.Config, state: QuantgateState) -> Progress:
             tr.currentfspath = fspath
 
     output = Output(cast(TextIO, stream), stream.end_line, close_block)
+    if choice == "off":
+        return MessagesOnly(output)
     return RichProgress(output, force_terminal=True, width=tr._tw.fullwidth) if terminal else PlainProgress(output)
 
 
@@ -316,10 +318,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marks = _config_marks(cfg, run.hardware)
         if metafunc.config.pluginmanager.hasplugin("timeout"):
             # pytest-timeout's ini default (300 s in quantgate's own pyproject) is for quick tests; a config's
-            # first test starts its engine and runs every workload (engine start alone may take 900 s), with
-            # quantgate's own limits. Still finite: a hang ends with a stack. Only where the plugin is loaded,
+            # first test builds its model, starts its engine and runs every workload, under quantgate's own
+            # limits (start timeout, budget), which the mark leaves room for. Only where the plugin is loaded,
             # else the mark is unknown under --strict-markers.
-            marks = [*marks, pytest.mark.timeout(CONFIG_TEST_TIMEOUT_S)]
+            budget = budget_mod.budget_for(cfg, run.hardware.is_gpu, run.settings.budget_override_s)
+            limit = budget_mod.config_test_timeout_s(budget, run.settings.start_timeout_s)
+            marks = [*marks, pytest.mark.timeout(limit)]
         if "qg_figure" in metafunc.fixturenames:
             for name in gated_figure_names(cfg, matrix):
                 params.append(pytest.param(cfg.id, name, id=f"{cfg.id}-{name}", marks=marks))
