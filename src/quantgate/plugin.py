@@ -512,7 +512,20 @@ def _write_failed(state: QuantgateState, path: Path | str, exc: BaseException, c
                           else v for v in state.verdicts]
 
 
+def _forget_unreachable_snapshot_sidecars(config: pytest.Config) -> None:
+    """syrupy 7 (under pytest-xdist) removes each written snapshot's .lock/.tmp sidecars when the session
+    ends; where the snapshot's folder could not be made (a refresh that failed, which quantgate reports by file)
+    its unlink raises NotADirectoryError and pytest ends in a traceback instead of our summary. No sidecar can
+    exist where the folder does not, so those locations are dropped before syrupy's own hook runs."""
+    locations = getattr(getattr(config, "_syrupy", None), "_written_snapshot_locations", None)
+    if isinstance(locations, set):
+        for location in [loc for loc in locations if not Path(loc).parent.is_dir()]:
+            locations.discard(location)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _forget_unreachable_snapshot_sidecars(session.config)
     state = session.config.stash.get(STATE_KEY, None)
     if state is None or state._run is None:
         engine_mod.stop_all()
