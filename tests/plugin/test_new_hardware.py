@@ -131,3 +131,19 @@ def test_workloads_stop_when_the_budget_is_spent(qg, pytester: pytest.Pytester) 
     assert "BudgetExceeded: config 'laggy': its workloads ran past its budget of 6.5 s" in out
     assert_no_engine_left(pytester.path)
     assert time.monotonic() - started < 90
+
+
+def test_a_configs_test_timeout_follows_its_budget(qg, pytester: pytest.Pytester) -> None:
+    # pytest-timeout must not end a config before its own budget does: --qg-budget 5000 s is allowed, so the
+    # first test's limit is start timeout + budget + model build, not a fixed hour
+    pytester.makeconftest(
+        "def pytest_collection_modifyitems(items):\n"
+        "    for item in items:\n"
+        "        mark = item.get_closest_marker('timeout')\n"
+        "        print('TIMEOUT', item.name, mark.args[0] if mark else None)\n")
+    out = qg("--collect-only", "-q", "--qg-budget=5000", "--qg-start-timeout=100").stdout.str()
+    limits = {float(ln.split()[2]) for ln in out.splitlines() if ln.startswith("TIMEOUT ")}
+    assert limits == {100 + 5000 + 1800.0}, out
+    out = qg("--collect-only", "-q", "--qg-budget=0").stdout.str()
+    limits = {float(ln.split()[2]) for ln in out.splitlines() if ln.startswith("TIMEOUT ")}
+    assert limits == {6 * 3600.0}, out  # no budget: still finite, so a hang ends with a stack

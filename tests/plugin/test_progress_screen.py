@@ -51,3 +51,11 @@ def test_rich_progress_on_a_forced_terminal(qg, monkeypatch: pytest.MonkeyPatch)
     assert "\x1b[2K" in out  # rich redraws the line in place
     final = [ln.rsplit("\x1b[2K", 1)[-1] for ln in out.splitlines() if "quantgate w4 " in ln]
     assert any("done · 3 passed" in ln for ln in final), final
+
+
+def test_progress_off_drops_the_stage_lines_but_keeps_the_messages(qg, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTGATE_PROGRESS", "off")
+    out = qg("--update-baselines").stdout.str()
+    assert not re.search(r"quantgate \S+ +(starting engine|warm-up|cell \d|done)", out), out
+    # the budget probe's line says how fast a config decodes and what it needs: it is no stage line
+    assert re.search(r"quantgate: 'ref' decodes [\d.e+]+ tok/s in the probe", out), out

@@ -187,3 +187,10 @@ def test_client_starts_no_request_once_the_budget_is_spent() -> None:
         with pytest.raises(Raised, match=r"^config 'x': its workloads ran past its budget of 0.5 s"):
             client.complete([1, 2, 3], 4)
     assert len(srv.requests) == 1  # the second request never went out
+
+
+def test_test_timeout_is_start_plus_budget_plus_model_build() -> None:
+    from quantgate.workload.budget import MODEL_BUILD_ALLOWANCE_S, NO_BUDGET_TEST_TIMEOUT_S, config_test_timeout_s
+
+    assert config_test_timeout_s(900.0, 600.0) == 600.0 + 900.0 + MODEL_BUILD_ALLOWANCE_S
+    assert config_test_timeout_s(None, 600.0) == NO_BUDGET_TEST_TIMEOUT_S

@@ -26,10 +26,10 @@ from ..engine.launchers import LauncherError
 from ..hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
 from ..report.markdown import write_report
 from ..session import Run, gated_figure_names
+from ..workload import budget as budget_mod
+from .fixtures import forget_unreachable_snapshot_sidecars
 from .state import STATE_KEY, QuantgateState, _state, _write_failed
 from .xdist import _load_worker_parts, _save_worker_part, _xdist_workers, config_of_nodeid
-
-CONFIG_TEST_TIMEOUT_S = 3600
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -134,10 +134,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marks = _config_marks(cfg, run.hardware)
         if metafunc.config.pluginmanager.hasplugin("timeout"):
             # pytest-timeout's ini default (300 s in quantgate's own pyproject) is for quick tests; a config's
-            # first test starts its engine and runs every workload (engine start alone may take 900 s), with
-            # quantgate's own limits. Still finite: a hang ends with a stack. Only where the plugin is loaded,
+            # first test builds its model, starts its engine and runs every workload, under quantgate's own
+            # limits (start timeout, budget), which the mark leaves room for. Only where the plugin is loaded,
             # else the mark is unknown under --strict-markers.
-            marks = [*marks, pytest.mark.timeout(CONFIG_TEST_TIMEOUT_S)]
+            budget = budget_mod.budget_for(cfg, run.hardware.is_gpu, run.settings.budget_override_s)
+            limit = budget_mod.config_test_timeout_s(budget, run.settings.start_timeout_s)
+            marks = [*marks, pytest.mark.timeout(limit)]
         if "qg_figure" in metafunc.fixturenames:
             for name in gated_figure_names(cfg, matrix):
                 params.append(pytest.param(cfg.id, name, id=f"{cfg.id}-{name}", marks=marks))
@@ -316,7 +318,9 @@ def _refresh_baseline(state: QuantgateState, cid: str) -> None:
         _write_failed(state, run.store.path(run.baseline_key, cid), exc, config_id=cid)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    forget_unreachable_snapshot_sidecars(session.config)
     state = session.config.stash.get(STATE_KEY, None)
     if state is None or state._run is None:
         engine_mod.stop_all()

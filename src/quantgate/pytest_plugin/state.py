@@ -22,7 +22,7 @@ from ..config.matrix import (
 from ..engine.launchers import from_env as launcher_from_env
 from ..gate.baselines import Verdict
 from ..hardware import Hardware, detect
-from ..progress import NullProgress, Output, PlainProgress, Progress, RichProgress
+from ..progress import MessagesOnly, NullProgress, Output, PlainProgress, Progress, RichProgress
 from ..session import Run, Settings, new_run_id
 
 STATE_KEY = pytest.StashKey["QuantgateState"]()
@@ -130,9 +130,9 @@ def _screen_progress(config: pytest.Config, state: QuantgateState) -> Progress:
     test id again itself)."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
     choice = os.environ.get("QUANTGATE_PROGRESS", "").strip().lower()
-    if tr is None or hasattr(config, "workerinput") or choice == "off":
+    if tr is None or hasattr(config, "workerinput"):
         return NullProgress()  # an xdist worker's output reaches no screen
-    terminal = choice == "rich" or (choice != "plain" and bool(getattr(tr, "isatty", False)))
+    terminal = choice == "rich" or (choice not in ("plain", "off") and bool(getattr(tr, "isatty", False)))
     stream = _TerminalStream(tr._tw, config.pluginmanager.get_plugin("capturemanager"), terminal)
 
     def close_block() -> None:
@@ -145,6 +145,8 @@ def _screen_progress(config: pytest.Config, state: QuantgateState) -> Progress:
             tr.currentfspath = fspath
 
     output = Output(cast(TextIO, stream), stream.end_line, close_block)
+    if choice == "off":
+        return MessagesOnly(output)
     return RichProgress(output, force_terminal=True, width=tr._tw.fullwidth) if terminal else PlainProgress(output)
 
 

@@ -77,6 +77,20 @@ def budget_for(cfg: EngineConfig, is_gpu: bool, override_s: float | None = None)
     return DEFAULT_BUDGET_S["gpu" if is_gpu else "cpu"]
 
 
+# A config's first test may also synthesize or quantize its model (minutes on 2 cores, once per recipe).
+MODEL_BUILD_ALLOWANCE_S = 1800.0
+NO_BUDGET_TEST_TIMEOUT_S = 6 * 3600.0
+
+
+def config_test_timeout_s(budget_s: float | None, start_timeout_s: float) -> float:
+    """pytest-timeout's limit for a config's first test, which builds the model, starts the engine and runs
+    every workload: the engine's start timeout plus the workloads' budget plus the model build, so the budget
+    (not pytest-timeout) is what stops slow workloads. Still finite with no budget: a hang ends with a stack."""
+    if budget_s is None:
+        return NO_BUDGET_TEST_TIMEOUT_S
+    return start_timeout_s + budget_s + MODEL_BUILD_ALLOWANCE_S
+
+
 def probe_decode_tps(client: Client, vocab_size: int) -> float:
     """Decode tok/s of one short request, after one tiny warm-up request (the first request of an engine
     pays for compilation and allocation). The server's own decode time, as the grid's figures of record:
