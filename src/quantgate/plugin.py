@@ -32,6 +32,7 @@ from .matrix import DEFAULT_MATRIX_GLOBS, EngineConfig, MatrixError, check_serve
 from .progress import NullProgress, Output, PlainProgress, Progress, RichProgress
 from .report import write_report
 from .session import KernelLogUnavailable, Run, Settings, gated_figure_names, new_run_id
+from .validity import report_lines as invalid_lines
 
 STATE_KEY = pytest.StashKey["QuantgateState"]()
 CONFIG_TEST_TIMEOUT_S = 3600
@@ -51,7 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qg-only", action="append", default=[], metavar="ID",
                     help="config ids that --qg-serve-arg applies to")
     group.addoption("--qg-strict", action="store_true", default=False,
-                    help="count indeterminate verdicts (too noisy to tell) as failures")
+                    help="count indeterminate verdicts (too noisy to tell) and invalid figures (docs/"
+                         "measurement.md) as failures")
     group.addoption("--qg-start-timeout", type=float, default=None, metavar="S",
                     help="seconds an engine may take to become healthy (default 900)")
     group.addoption("--qg-budget", type=float, default=None, metavar="S",
@@ -489,6 +491,10 @@ def _refresh_baseline(state: QuantgateState, cid: str) -> None:
     except Exception as exc:  # the engine never came up or died: nothing to record, the tests say why
         run.log(f"quantgate: baseline for {cid!r} not updated (no measurement): {exc}")
         return
+    reason = run.validity(cid).reason
+    if reason and not run.config(cid).baseline_of:  # quantgate.validity: never a baseline from invalid figures
+        _write_failed(state, run.store.path(run.baseline_key, cid), QuantgateError(f"figures INVALID: {reason}"))
+        return
     try:
         # the whole grid was measured anyway: record every figure, gated or not, with its raw samples
         path = run.update_baseline(cid)
@@ -546,7 +552,8 @@ def _write_outputs(config: pytest.Config, state: QuantgateState, run: Run, measu
     root = (Path(config.rootpath) / hist) if hist else None
     plots: dict[tuple[str, str], Path] = {}
     try:  # a read-only or full baselines folder must not cost the run its report
-        plots = history.record(run, measured, state.verdicts, refresh=state.update, root=root)
+        valid = [m for m in measured if m.validity.valid]  # invalid figures stay out of the history's series
+        plots = history.record(run, valid, state.verdicts, refresh=state.update, root=root)
     except OSError as exc:
         run.log(f"quantgate: run history not recorded: {exc}")
     extra = [Path(p) for p in (config.getoption("qg_benchmark_json"),
@@ -611,6 +618,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tol = f"{v.tolerance:.0%}" if v.tolerance is not None else "-"
         tr.write_line(f"  {v.outcome.upper():8} {v.config_id:14} {v.figure:34} base {base:>9} "
                       f"now {v.measured:>9.4g} {delta:>7} tol {tol}")
+    for line in invalid_lines(state.verdicts):
+        tr.write_line(line, yellow=True)
     for path in state.updated:
         tr.write_line(f"baseline written: {path}")
     for line in state.write_failures:
@@ -684,6 +693,7 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
                 verdict = Verdict(config_id, figure, fig.unit, "updated", fig.value, was)
             else:
                 verdict = run.verdict(config_id, figure)
+            _gate_validity(state, run, verdict)  # invalid figures: neither pass nor fail, said before any verdict
         state.verdicts.append(verdict)
         if verdict.outcome in ("fail", "missing"):
             pytest.fail(verdict.message(), pytrace=False)
@@ -694,6 +704,21 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
         return verdict
 
     return gate
+
+
+def _gate_validity(state: QuantgateState, run: Run, verdict: Verdict) -> None:
+    """Invalid figures (quantgate.validity) end the test as xfail with the reason, a failure under
+    --qg-strict and under --update-baselines (which records nothing from them)."""
+    reason = run.validity(verdict.config_id).reason
+    if not reason:
+        return
+    state.verdicts.append(replace(verdict, outcome="invalid", notes=(reason, *verdict.notes)))
+    line = f"INVALID: {verdict.config_id}: {reason}"
+    if state.update:
+        pytest.fail(f"{line}; its baseline is not refreshed from invalid figures", pytrace=False)
+    if state.config.getoption("qg_strict"):
+        pytest.fail(line, pytrace=False)
+    pytest.xfail(line)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from .launchers import LauncherSettings, attach_kernel_log
 from .matrix import EngineConfig, Matrix
 from .progress import PlainProgress, Progress
 from .stats import Figure, FigureKey, RecordSource
+from .validity import MeasureWatch, Validity, assess
 from .workload import Client, WorkloadResult, figures_from, grid, run_grid
 
 DEFAULT_START_TIMEOUT_S = 900.0
@@ -44,6 +45,7 @@ class Measurement:
     engine_ready_s: float | None
     log_path: Path | None
     start_condition: str | None = None  # "first" start on this machine since boot, or "warm"
+    validity: Validity = field(default_factory=Validity)  # quantgate.validity: checked before any verdict
 
 
 @dataclass
@@ -370,13 +372,16 @@ class Run:
         # the probe's estimate is a lower bound: the budget also stops the workloads once it is spent
         budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
         with self._client(eng, matrix, budget) as client:
+            watch = MeasureWatch(eng.log_path, eng.alive, client.metrics)  # log, CPU, engine over the window
             try:
                 if "grid" in cfg.workloads:
                     result = run_grid(client, matrix.workload, cells, vocab,
-                                      progress=lambda text: self.progress.stage(config_id, text))
+                                      progress=lambda text: self.progress.stage(config_id, text), watch=watch)
                 else:
                     result, cells = WorkloadResult(), []
+                watch.measuring()  # no grid: the window starts with the other workloads
                 extra = self._extra_workloads(client, cfg, matrix, vocab, source)
+                watch.stop()
             except budget_mod.BudgetExceeded as exc:
                 self.release(config_id)
                 slot.error = exc  # every remaining test of the config fails at once with this line
@@ -413,7 +418,8 @@ class Run:
         for f in engine_figures(log_text, eng.ready_after_s):
             figures[f.name] = f
         m = Measurement(cfg, figures, kernel_snapshot_dict(log_text), result,
-                        eng.ready_after_s, eng.log_path, getattr(eng, "start_condition", None))
+                        eng.ready_after_s, eng.log_path, getattr(eng, "start_condition", None),
+                        assess(result, cells, figures, watch))
         slot.measurement = m
         self._save_raw(m, time.monotonic() - started)
         return m
@@ -480,7 +486,8 @@ class Run:
             workload = WorkloadResult(warmup_requests=int(body.get("warmup_requests") or 0),
                                       prefix_cache_hit_rate=body.get("prefix_cache_hit_rate"))
             out.append(Measurement(cfg, figures, body.get("kernels") or {}, workload, body.get("engine_ready_s"),
-                                   path.parent / "engine.log", body.get("start_condition")))
+                                   path.parent / "engine.log", body.get("start_condition"),
+                                   Validity.from_dict(body.get("validity"))))
         return out
 
     def _save_raw(self, m: Measurement, seconds: float) -> None:
@@ -490,7 +497,7 @@ class Run:
             "config": m.config.id, "hardware": self.hardware.id, "run_id": self.run_id,
             "engine_ready_s": m.engine_ready_s, "workload_s": seconds, "start_condition": m.start_condition,
             "prefix_cache_hit_rate": m.workload.prefix_cache_hit_rate,
-            "warmup_requests": m.workload.warmup_requests,
+            "warmup_requests": m.workload.warmup_requests, "validity": m.validity.to_dict(),
             "figures": {k: {**v.summary(), **({"extra": v.extra} if v.extra else {})}
                         for k, v in sorted(m.figures.items())},
             "kernels": m.kernels,
@@ -545,6 +552,15 @@ class Run:
         slot = self._slots.get(config_id)
         eng = slot.engine if slot else None
         return getattr(eng, "start_condition", None) if eng is not None else None
+
+    def validity(self, config_id: str) -> Validity:
+        """Whether the config's figures are valid (quantgate.validity); a ratio to a reference whose figures
+        are invalid is invalid too."""
+        own = self.measurement(config_id).validity
+        ref = self.reference_of(config_id)
+        if ref is None or ref == config_id:
+            return own
+        return own.combined(self.measurement(ref).validity, f"reference {ref!r}: ")
 
     def verdict(self, config_id: str, figure_name: str) -> Verdict:
         m = self.measurement(config_id)
