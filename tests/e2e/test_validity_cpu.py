@@ -40,6 +40,8 @@ serve_args = ["--override-generation-config", '{"max_new_tokens": 8}']
 """
 
 
+@pytest.mark.fault("validity", "a real engine ends requests early (max_new_tokens) and serves measured prompts from "
+                   "its prefix cache", "the config's figures are invalid, each check naming its reason")
 def test_truncated_and_cached_requests_make_figures_invalid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if hardware.detect().is_gpu:
         pytest.skip("the CPU lane's check")
