@@ -17,7 +17,7 @@ import pytest
 from quantgate import hardware
 from quantgate.matrix import load_matrix
 from quantgate.session import Run, Settings
-from quantgate.workload import PromptMaker
+from quantgate.workload import Client, PromptMaker
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +36,8 @@ model = { recipe = "qwen3-dense" }
 env = { VLLM_CPU_KVCACHE_SPACE = "1" }
 [[config]]
 id = "capped"
-serve_args = ["--override-generation-config", '{"max_new_tokens": 8}']
+# eager: no torch.compile at start, the test's one engine is up sooner
+serve_args = ["--override-generation-config", '{"max_new_tokens": 8}', "--enforce-eager"]
 """
 
 
@@ -58,6 +59,10 @@ def test_truncated_and_cached_requests_make_figures_invalid(tmp_path: Path, monk
     started = time.monotonic()
     try:
         m = run.measurement("capped")
+        eng = run.engine("capped")
+        with Client(eng.base_url, eng.served_model_name, eng.api_key) as client:
+            # the restart check's second witness, besides our process: vLLM exports its start time
+            assert client.metrics().has("process_start_time_seconds")
     finally:
         run.close()
     checks = {c.name: c for c in m.validity.checks}
