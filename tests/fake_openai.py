@@ -28,6 +28,8 @@ class FakeServer:
         self.prefill_tps: float | None = None
         self.tokens_per_chunk = 1
         self.hit_fraction = 0.0
+        self.max_new_tokens: int | None = None  # a server-wide cap over max_tokens, as vLLM's generation config
+        self.jit_on_max_tokens: int | None = None  # print vLLM's late-compile warning on a request this long
         self.requests: list[dict[str, Any]] = []
         self.counters = {"generation": 0.0, "decode_s": 0.0, "ttft_s": 0.0, "prefill_s": 0.0, "e2e_s": 0.0,
                          "prompt": 0.0, "hits": 0.0, "queries": 0.0, "requests": 0.0}
@@ -153,7 +155,11 @@ class FakeServer:
                 if pre:
                     time.sleep(pre)
                 event({"choices": [{"text": ""}]})  # an empty first chunk is not the first token
-                produced = 0 if mode == "zero" else n
+                produced = 0 if mode == "zero" else min(n, server.max_new_tokens or n)
+                if n == server.jit_on_max_tokens:  # printed by the scripted engine: it lands in the engine log
+                    print("(EngineCore pid=1) WARNING 12-02 10:00:01 [jit_monitor.py:140] Triton kernel JIT "
+                          "compilation during inference: _topk_forward. This causes a latency spike; consider "
+                          "extending warmup to cover this shape/config.", flush=True)
                 k = max(1, int(server.tokens_per_chunk))
                 for i in range(0, produced, k):
                     step = min(k, produced - i)

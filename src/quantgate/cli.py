@@ -153,7 +153,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         try:
             for cid in args.config:
                 # keyed by config: the same cell of two configs is two figures, not two runs of one
-                figures.update({f"{cid}/{name}": fig for name, fig in run.measurement(cid).figures.items()})
+                m = run.measurement(cid)
+                figures.update({f"{cid}/{name}": fig for name, fig in m.figures.items()})
+                if not m.validity.valid:  # quantgate.gate.validity: still counted, but said
+                    print(f"calibrate: run {k + 1}: INVALID: {cid}: {m.validity.reason}", file=sys.stderr)
                 run.release(cid)
         finally:
             run.close()

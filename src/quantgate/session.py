@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import measurement as measurement_mod
 from .config.matrix import EngineConfig, Matrix
 from .engine import process as engine_mod
 from .engine.figures import ENGINE_FIGURES, engine_figures
@@ -23,30 +24,21 @@ from .engine.pool import EnginePool
 from .errors import QuantgateError
 from .gate import baselines as baselines_mod
 from .gate.baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
+from .gate.validity import MeasureWatch, Validity, assess
 from .hardware import Hardware
 from .kernels import parse as kernels_mod
 from .kernels.record import KernelRecord, diff_records
+from .measurement import Measurement
 from .models import cache as model_cache
 from .models import recipes as models_mod
 from .models import shapes as shapes_mod
 from .progress import PlainProgress, Progress
 from .stats import Figure, RecordSource
 from .workload import budget as budget_mod
-from .workload.grid import Client, WorkloadResult
+from .workload.grid import Client
 from .workload.registry import WorkloadRun, run_workloads, workloads_of
 
 DEFAULT_START_TIMEOUT_S = 900.0
-
-
-@dataclass
-class Measurement:
-    config: EngineConfig
-    figures: dict[str, Figure]
-    kernels: dict[str, Any]
-    workload: WorkloadResult
-    engine_ready_s: float | None
-    log_path: Path | None
-    start_condition: str | None = None  # "first" start on this machine since boot, or "warm"
 
 
 @dataclass
@@ -214,10 +206,12 @@ class Run:
         # the probe's estimate is a lower bound: the budget also stops the workloads once it is spent
         budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
         with self._client(eng, matrix, budget) as client:
+            watch = MeasureWatch(eng.log_path, eng.alive, client.metrics)  # log, CPU, engine over the window
             job = WorkloadRun(client, cfg, matrix, vocab, source,
-                              progress=lambda text: self.progress.stage(config_id, text))
+                              progress=lambda text: self.progress.stage(config_id, text), watch=watch)
             try:
                 measured = run_workloads(job)  # quantgate.workload.registry: grid, benchy, concurrency, accuracy
+                watch.stop()
             except budget_mod.BudgetExceeded as exc:
                 self.release(config_id)
                 self.engines.fail(config_id, exc)  # every remaining test of the config fails at once with this line
@@ -255,7 +249,8 @@ class Run:
         for f in engine_figures(log_text, eng.ready_after_s):
             figures[f.name] = f
         m = Measurement(cfg, figures, kernel_snapshot_dict(log_text), result,
-                        eng.ready_after_s, eng.log_path, getattr(eng, "start_condition", None))
+                        eng.ready_after_s, eng.log_path, getattr(eng, "start_condition", None),
+                        assess(result, job.cells, figures, watch))
         self._measured[config_id] = m
         self._save_raw(m, time.monotonic() - started)
         return m
@@ -275,41 +270,12 @@ class Run:
         return out
 
     def saved_measurements(self) -> list[Measurement]:
-        """Measurements other processes of this run saved (pytest-xdist workers share the run folder), read
-        back from their figures.json for the controller's report. Raw requests are not reloaded."""
-        out = []
-        for cfg in self.configs():
-            path = self.results / cfg.id / "figures.json"
-            try:
-                body = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            figures = {
-                name: Figure(name, f["unit"], bool(f["higher_is_better"]), tuple(f.get("samples", ())),
-                             f.get("source", "server"), bool(f.get("gated", True)), f.get("note", ""),
-                             f.get("extra", {}))
-                for name, f in body.get("figures", {}).items()
-            }
-            workload = WorkloadResult(warmup_requests=int(body.get("warmup_requests") or 0),
-                                      prefix_cache_hit_rate=body.get("prefix_cache_hit_rate"))
-            out.append(Measurement(cfg, figures, body.get("kernels") or {}, workload, body.get("engine_ready_s"),
-                                   path.parent / "engine.log", body.get("start_condition")))
-        return out
+        """Measurements other processes of this run saved (pytest-xdist workers share the run folder)."""
+        return [m for cfg in self.configs() if (m := measurement_mod.load(cfg, self.results / cfg.id)) is not None]
 
     def _save_raw(self, m: Measurement, seconds: float) -> None:
-        folder = self.results / m.config.id
-        folder.mkdir(parents=True, exist_ok=True)
-        body = {
-            "config": m.config.id, "hardware": self.hardware.id, "run_id": self.run_id,
-            "engine_ready_s": m.engine_ready_s, "workload_s": seconds, "start_condition": m.start_condition,
-            "prefix_cache_hit_rate": m.workload.prefix_cache_hit_rate,
-            "warmup_requests": m.workload.warmup_requests,
-            "figures": {k: {**v.summary(), **({"extra": v.extra} if v.extra else {})}
-                        for k, v in sorted(m.figures.items())},
-            "kernels": m.kernels,
-            "requests": [r.to_dict() for r in m.workload.requests],
-        }
-        (folder / "figures.json").write_text(json.dumps(body, indent=2, sort_keys=True, default=str) + "\n")
+        measurement_mod.save(m, self.results / m.config.id, hardware_id=self.hardware.id, run_id=self.run_id,
+                             workload_s=seconds)
 
     # --- verdicts ------------------------------------------------------------------------------
     @property
@@ -356,6 +322,15 @@ class Run:
 
     def start_condition(self, config_id: str) -> str | None:
         return self.engines.start_condition(config_id)
+
+    def validity(self, config_id: str) -> Validity:
+        """Whether the config's figures are valid (quantgate.gate.validity); a ratio to a reference whose
+        figures are invalid is invalid too."""
+        own = self.measurement(config_id).validity
+        ref = self.reference_of(config_id)
+        if ref is None or ref == config_id:
+            return own
+        return own.combined(self.measurement(ref).validity, f"reference {ref!r}: ")
 
     def verdict(self, config_id: str, figure_name: str) -> Verdict:
         m = self.measurement(config_id)

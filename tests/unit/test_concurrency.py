@@ -141,3 +141,15 @@ def test_a_chunk_with_token_ids_and_no_text_is_a_token() -> None:
                                                                              "completion_tokens": 3}})
     timing = clock.timing(0.5)
     assert timing.ttft_s == pytest.approx(0.2) and timing.content_times == pytest.approx([0.2, 0.3, 0.4])
+
+
+@pytest.mark.fault("workload", "a sweep stream that trickles tokens forever", "WorkloadError at the request deadline")
+def test_sweep_stream_ends_at_the_request_deadline() -> None:
+    import time
+
+    s = SweepSettings(levels=(2,), prompt_len=NONCE_TOKENS, output_len=64, requests_per_level=2, warmup=0)
+    with FakeServer(tokens_per_s=5) as srv, Client(srv.url, "m", timeout_s=10, deadline_s=1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(WorkloadError, match=r"still streaming after its deadline of 1 s .*request_deadline_s"):
+            run_sweep(client, 4096, s, server_metrics=False)
+        assert time.monotonic() - started < 8  # the 64 tokens would take 13 s

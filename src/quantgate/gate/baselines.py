@@ -21,7 +21,8 @@ SCHEMA_VERSION = 1
 NOISE_FILE = "noise.json"
 
 
-Outcome = Literal["pass", "fail", "indeterminate", "missing", "updated", "unwritten"]  # a gated figure's verdict
+# a gated figure's verdict; "invalid": quantgate.gate.validity found the measurement itself unsound
+Outcome = Literal["pass", "fail", "indeterminate", "missing", "updated", "unwritten", "invalid"]
 
 
 class BaselineError(QuantgateError, ValueError):
@@ -76,6 +77,8 @@ class Verdict:
 
     def _message(self) -> str:
         head = f"config {self.config_id!r} {self.figure}"
+        if self.outcome == "invalid":  # quantgate.gate.validity: the reason is the verdict's first note
+            return f"{head}: figures INVALID, neither pass nor fail (measured {self.measured:.4g} {self.unit})"
         if self.outcome == "missing":
             return (f"{head}: no baseline (measured {self.measured:.4g} {self.unit}); "
                     f"record one with `pytest --update-baselines`")

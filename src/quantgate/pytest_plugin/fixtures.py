@@ -4,6 +4,7 @@ explanation of a change."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from ..errors import QuantgateError
 from ..gate.baselines import BaselineError, Verdict, atomic_write
 from ..kernels.record import KernelRecord, diff_records
 from ..session import KernelLogUnavailable, Run
-from .state import _state, _write_failed
+from .state import QuantgateState, _state, _write_failed
 
 
 @contextlib.contextmanager
@@ -65,6 +66,7 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
                 verdict = Verdict(config_id, figure, fig.unit, "updated", fig.value, was)
             else:
                 verdict = run.verdict(config_id, figure)
+            _gate_validity(state, run, verdict)  # invalid figures: neither pass nor fail, said before any verdict
         state.verdicts.append(verdict)
         if verdict.outcome in ("fail", "missing"):
             pytest.fail(verdict.message(), pytrace=False)
@@ -75,6 +77,21 @@ def qg_gate(request: pytest.FixtureRequest) -> Any:
         return verdict
 
     return gate
+
+
+def _gate_validity(state: QuantgateState, run: Run, verdict: Verdict) -> None:
+    """Invalid figures (quantgate.gate.validity) end the test as xfail with the reason, a failure under
+    --qg-strict and under --update-baselines (which records nothing from them)."""
+    reason = run.validity(verdict.config_id).reason
+    if not reason:
+        return
+    state.verdicts.append(replace(verdict, outcome="invalid", notes=(reason, *verdict.notes)))
+    line = f"INVALID: {verdict.config_id}: {reason}"
+    if state.update:
+        pytest.fail(f"{line}; its baseline is not refreshed from invalid figures", pytrace=False)
+    if state.config.getoption("qg_strict"):
+        pytest.fail(line, pytrace=False)
+    pytest.xfail(line)
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ from ..config.matrix import (
 )
 from ..engine import process as engine_mod
 from ..engine.launchers import LauncherError
+from ..errors import QuantgateError
+from ..gate.validity import report_lines as invalid_lines
 from ..hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
 from ..report.markdown import write_report
 from ..session import Run, gated_figure_names
@@ -46,7 +48,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qg-only", action="append", default=[], metavar="ID",
                     help="config ids that --qg-serve-arg applies to")
     group.addoption("--qg-strict", action="store_true", default=False,
-                    help="count indeterminate verdicts (too noisy to tell) as failures")
+                    help="count indeterminate verdicts (too noisy to tell) and invalid figures (docs/"
+                         "measurement.md) as failures")
     group.addoption("--qg-start-timeout", type=float, default=None, metavar="S",
                     help="seconds an engine may take to become healthy (default 900)")
     group.addoption("--qg-budget", type=float, default=None, metavar="S",
@@ -309,6 +312,11 @@ def _refresh_baseline(state: QuantgateState, cid: str) -> None:
     except Exception as exc:  # the engine never came up or died: nothing to record, the tests say why
         run.log(f"quantgate: baseline for {cid!r} not updated (no measurement): {exc}")
         return
+    reason = run.validity(cid).reason
+    if reason and not run.config(cid).baseline_of:  # quantgate.gate.validity: never a baseline from invalid figures
+        _write_failed(state, run.store.path(run.baseline_key, cid), QuantgateError(f"figures INVALID: {reason}"),
+                      config_id=cid)
+        return
     try:
         # the whole grid was measured anyway: record every figure, gated or not, with its raw samples
         path = run.update_baseline(cid)
@@ -358,7 +366,8 @@ def _write_outputs(config: pytest.Config, state: QuantgateState, run: Run, measu
     root = (Path(config.rootpath) / hist) if hist else None
     plots: dict[tuple[str, str], Path] = {}
     try:  # a read-only or full baselines folder must not cost the run its report
-        plots = history.record(run, measured, state.verdicts, refresh=state.update, root=root)
+        valid = [m for m in measured if m.validity.valid]  # invalid figures stay out of the history's series
+        plots = history.record(run, valid, state.verdicts, refresh=state.update, root=root)
     except OSError as exc:
         run.log(f"quantgate: run history not recorded: {exc}")
     extra = [Path(p) for p in (config.getoption("qg_benchmark_json"),
@@ -402,6 +411,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tol = f"{v.tolerance:.0%}" if v.tolerance is not None else "-"
         tr.write_line(f"  {v.outcome.upper():8} {v.config_id:14} {v.figure:34} base {base:>9} "
                       f"now {v.measured:>9.4g} {delta:>7} tol {tol}")
+    for line in invalid_lines(state.verdicts):
+        tr.write_line(line, yellow=True)
     for path in state.updated:
         tr.write_line(f"baseline written: {path}")
     for line in state.write_failures:

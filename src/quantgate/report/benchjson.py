@@ -30,7 +30,8 @@ from ..gate.baselines import atomic_write
 from ..stats import Figure
 
 if TYPE_CHECKING:
-    from ..session import Measurement, Run
+    from ..measurement import Measurement
+    from ..session import Run
 
 FILE_NAME = "benchmark.json"
 

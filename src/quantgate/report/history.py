@@ -31,7 +31,8 @@ from ..stats import round_sig
 
 if TYPE_CHECKING:
     from ..gate.baselines import Verdict
-    from ..session import Measurement, Run
+    from ..measurement import Measurement
+    from ..session import Run
 
 ENV_KEYS_IGNORED = ("quantgate",)  # our own version moves with every commit; not an environment change
 MIN_SEGMENT = 3  # runs on each side of a change point

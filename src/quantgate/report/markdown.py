@@ -14,7 +14,8 @@ from ..gate.baselines import Verdict, atomic_write
 from ..stats import FigureKey
 
 if TYPE_CHECKING:
-    from ..session import Measurement, Run
+    from ..measurement import Measurement
+    from ..session import Run
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -113,6 +114,10 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict],
                 f"{'' if v.tolerance is None else f'{v.tolerance:.0%}'} | **{v.outcome}** | "
                 f"{'; '.join(v.kernel_diff)} |")
         lines.append("")
+    from ..gate.validity import report_lines as invalid_lines  # figures neither passed nor failed, with the reason
+
+    invalid = invalid_lines(verdicts, measured)
+    lines += ["## Invalid figures", "", *[f"- {line}" for line in invalid], ""] if invalid else []
     if history_plots:
         lines += ["History of the failing figures (every recorded run, change points marked):", ""]
         lines += [f"- {cid} `{fig}`: [{path.name}]({os.path.relpath(path, run.results)})"

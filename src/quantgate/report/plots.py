@@ -1,7 +1,7 @@
 """PNG plots for the session report: decode tok/s vs context per config, acceptance per position.
 
 matplotlib with the Agg backend (no display). A measurement is anything with ``.config.id`` and
-``.figures: dict[str, Figure]`` (`quantgate.session.Measurement`). Each function returns the path it wrote,
+``.figures: dict[str, Figure]`` (`quantgate.measurement.Measurement`). Each function returns the path it wrote,
 or None when no measurement has the figures it plots (nothing is written then).
 """
 

@@ -148,14 +148,19 @@ def timed_stream(http: httpx.Client, model: str, prompt: list[int] | str, max_to
 
 
 async def fetch_stream(http: StreamingClient, model: str, prompt: list[int] | str,
-                       max_tokens: int) -> tuple[float, Response]:
+                       max_tokens: int, deadline_s: float | None = None) -> tuple[float, Response]:
     """The sweep's request: POST on the shared event loop; returns (time sent, the stamped raw response).
-    Parsing is left to `stream_timing` after the level, so no stream's parsing delays another's reads."""
+    Parsing is left to `stream_timing` after the level, so no stream's parsing delays another's reads.
+    deadline_s: the grid's request deadline (Client.deadline_s): the read timeout counts only silence, so a
+    stream that trickles a token a second would otherwise hold the level forever."""
     body = request_body(model, prompt, max_tokens)
     try:
-        sent, resp = await http.post("/v1/completions", body)
+        sent, resp = await asyncio.wait_for(http.post("/v1/completions", body), deadline_s)
     except StreamError as exc:
         raise WorkloadError(str(exc)) from exc
+    except TimeoutError:
+        raise WorkloadError(f"request still streaming after its deadline of {deadline_s:g} s ([workload] "
+                            f"request_deadline_s), max_tokens {max_tokens}") from None
     if resp.status != 200:
         raise http_error(resp.status, resp.text())
     return sent, resp
@@ -318,13 +323,13 @@ class SweepResult:
 
 
 async def _run_level(http: StreamingClient, model: str, prompts: list[list[int]], output_len: int,
-                     c: int) -> tuple[list[StreamTiming], float]:
+                     c: int, deadline_s: float | None = None) -> tuple[list[StreamTiming], float]:
     """N prompts, at most c in flight (vllm bench serve --max-concurrency c --request-rate inf)."""
     gate = asyncio.Semaphore(c)
 
     async def one(prompt: list[int]) -> tuple[float, Response]:
         async with gate:
-            return await fetch_stream(http, model, prompt, output_len)
+            return await fetch_stream(http, model, prompt, output_len, deadline_s)
 
     started = time.perf_counter()
     tasks = [asyncio.ensure_future(one(p)) for p in prompts]
@@ -365,11 +370,12 @@ async def _sweep(client: Client, vocab_size: int, s: SweepSettings, progress: Ca
         for rep in range(s.repeats):
             for c in s.levels:
                 if s.warmup:
-                    await _run_level(http, client.model,
-                                     [warm.make(context) for _ in range(max(s.warmup, c))], s.output_len, c)
+                    await _run_level(http, client.model, [warm.make(context) for _ in range(max(s.warmup, c))],
+                                     s.output_len, c, client.deadline_s)
                 prompts = [measure.make(context) for _ in range(s.requests_for(c))]
                 before = scrape(client.http, client.model) if server_metrics else None
-                streams, duration = await _run_level(http, client.model, prompts, s.output_len, c)
+                streams, duration = await _run_level(http, client.model, prompts, s.output_len, c,
+                                                     client.deadline_s)
                 window = None
                 if before is not None:
                     after = scrape(client.http, client.model)

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -285,9 +285,21 @@ def _attach_server_figures(result: RequestResult, before: MetricsSnapshot, after
     result.prefix_cache_hits = after.delta(before, "vllm:prefix_cache_hits_total")
 
 
+# warm-up rounds added at most when the warm-up's last request still logged a late compile
+EXTRA_WARMUP_ROUNDS = 2
+
+
+class WarmupWatch(Protocol):
+    """What run_grid tells quantgate.gate.validity.MeasureWatch: each warm-up request, and where measuring starts."""
+
+    def warmup_request(self) -> None: ...
+    def compiled_late(self) -> list[str]: ...  # kernels vLLM JIT-compiled during the last warm-up request
+    def measuring(self) -> None: ...
+
+
 def run_grid(
     client: Client, settings: WorkloadSettings, cells: list[Cell], vocab_size: int,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, watch: WarmupWatch | None = None,
 ) -> WorkloadResult:
     """Warm up on prompts of every context length, then measure cells interleaved across repeats so a slow
     drift of the machine touches every cell alike."""
@@ -298,10 +310,27 @@ def run_grid(
     shortest = min(settings.outputs.values())
     if progress and settings.warmup:
         progress("warm-up")
-    for ctx in sorted({c.context for c in cells}):
-        for _ in range(settings.warmup):
-            client.complete(warm.make(ctx), shortest, cell="warmup")
-            out.warmup_requests += 1
+
+    def warm_up() -> None:
+        for ctx in sorted({c.context for c in cells}):
+            for _ in range(settings.warmup):
+                if watch is not None:
+                    watch.warmup_request()
+                client.complete(warm.make(ctx), shortest, cell="warmup")
+                out.warmup_requests += 1
+
+    warm_up()
+    # vLLM names a kernel it compiled late: while the warm-up's last request still compiled one, one more round
+    # (quantgate.gate.validity: a compile during measurement makes the figures invalid)
+    for _ in range(EXTRA_WARMUP_ROUNDS if watch is not None and settings.warmup else 0):
+        late = watch.compiled_late() if watch is not None else []
+        if not late:
+            break
+        if progress:
+            progress(f"warm-up: vLLM compiled {', '.join(late)} late: one more round")
+        warm_up()
+    if watch is not None:
+        watch.measuring()
     window_start = client.metrics()
     total = settings.repeats * len(cells)
     for _ in range(settings.repeats):

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from ..config.matrix import EngineConfig, Matrix
 from ..stats import Figure, FigureKey, RecordSource
-from .grid import Client, WorkloadResult, figures_from, grid, run_grid
+from .grid import Cell, Client, WarmupWatch, WorkloadResult, figures_from, grid, run_grid
 
 
 def _quiet(text: str) -> None:
@@ -32,6 +32,10 @@ class WorkloadRun:
     source: RecordSource  # "server" (/metrics) on a relative gate, else "client"
     progress: Callable[[str], None] = _quiet
     result: WorkloadResult = field(default_factory=WorkloadResult)  # the grid's requests, saved with the figures
+    cells: list[Cell] = field(default_factory=list)  # the grid's cells (quantgate.gate.validity checks them)
+    # quantgate.gate.validity.MeasureWatch: the grid tells it where warm-up ends; without a grid the
+    # measured window starts with the first workload
+    watch: WarmupWatch | None = None
 
     @property
     def gate_speed(self) -> bool:
@@ -73,8 +77,9 @@ class Grid:
         return names
 
     def run(self, job: WorkloadRun) -> list[Figure]:
-        cells = grid(job.matrix.workload, job.config.max_model_len)
-        job.result = run_grid(job.client, job.matrix.workload, cells, job.vocab, progress=job.progress)
+        cells = job.cells = grid(job.matrix.workload, job.config.max_model_len)
+        job.result = run_grid(job.client, job.matrix.workload, cells, job.vocab, progress=job.progress,
+                              watch=job.watch)
         return figures_from(job.result, cells, job.source, job.config.speculative is not None)
 
 
@@ -153,4 +158,9 @@ def workloads_of(cfg: EngineConfig) -> list[Workload]:
 
 def run_workloads(job: WorkloadRun) -> list[Figure]:
     """Every workload the config names, in registry order, on one engine."""
-    return [f for w in workloads_of(job.config) for f in w.run(job)]
+    figures: list[Figure] = []
+    for w in workloads_of(job.config):
+        if w.name != "grid" and job.watch is not None:
+            job.watch.measuring()  # the grid starts the measured window after its warm-up; without it, here
+        figures += w.run(job)
+    return figures
