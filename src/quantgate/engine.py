@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from .builds import entry_path
 from .errors import QuantgateError
 from .launchers import AttachSpec, ContainerSpec, container_command, container_stop_command
 from .matrix import EngineConfig
@@ -157,6 +158,9 @@ def start(
     stop_cmd: tuple[str, ...] = ()
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    entry = None if container is not None else entry_path(python)  # a build's venv has no quantgate
+    if entry:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (entry, env.get("PYTHONPATH")) if p)
     if container is not None:
         cmd = container_command(container, config, models.model, models.draft, port, cmd[5:], gpus)
         stop_cmd = tuple(container_stop_command(container, config, port))

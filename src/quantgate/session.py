@@ -17,6 +17,7 @@ from typing import Any
 
 from . import baselines as baselines_mod
 from . import budget as budget_mod
+from . import builds as builds_mod
 from . import engine as engine_mod
 from . import hardware as hardware_mod
 from . import kernels as kernels_mod
@@ -218,8 +219,8 @@ class Run:
                                 since=time.monotonic())
             condition = machine_start_condition(self.hardware)
             for attempt in (1, 2):
-                eng = engine_mod.start(cfg, models, log_path, python=self.settings.python, gpus=gpus,
-                                       container=self.settings.launcher.container)
+                python, container = self.launch_target(cfg)
+                eng = engine_mod.start(cfg, models, log_path, python=python, gpus=gpus, container=container)
                 eng.start_condition = condition
                 slot.engine = eng
                 try:
@@ -241,6 +242,16 @@ class Run:
             slot.error = exc if isinstance(exc, Exception) else engine_mod.EngineError(str(exc))
             raise
         return eng
+
+    def launch_target(self, cfg: EngineConfig) -> tuple[str | None, Any]:
+        """(python, container spec) of a config's engine: its build's (quantgate.builds), else the session's."""
+        return builds_mod.launch_target(cfg.build, self.settings.python, self.settings.launcher.container,
+                                        cfg.source, self.log)
+
+    def versions_of(self, config_id: str) -> dict[str, str]:
+        """The speed-moving versions a config's engine runs with: the harness's, overlaid by its build's."""
+        cfg = self.config(config_id)
+        return {**self.hardware.versions, **builds_mod.build_versions(cfg.build, self.settings.python, cfg.source)}
 
     def _attach(self, cfg: EngineConfig) -> engine_mod.Engine:
         spec = self.settings.launcher.attach
@@ -304,9 +315,9 @@ class Run:
                 self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}) "
                          f"[prestart]")
                 # no GPU leases here: prestarted engines share the GPU(s) on purpose
+                python, container = self.launch_target(cfg)
                 slot.engine = engine_mod.start(cfg, models, self.results / config_id / "engine.log",
-                                               python=self.settings.python,
-                                               container=self.settings.launcher.container)
+                                               python=python, container=container)
                 slot.engine.start_condition = condition
                 pending.append((config_id, slot.engine))
             except Exception as exc:
@@ -524,7 +535,7 @@ class Run:
         """What every message about this config must say: versions changed since its baseline, and a baseline
         that exists only for another GPU model (never used in place of this GPU's)."""
         notes = []
-        changes = baselines_mod.version_changes(base, self.hardware.versions)
+        changes = baselines_mod.version_changes(base, self.versions_of(config_id))
         if changes:
             notes.append("versions changed since the baseline: " + ", ".join(changes))
         if base is None:
@@ -608,6 +619,8 @@ class Run:
         m = self.measurement(config_id)
         figs = [f for n, f in m.figures.items() if figure_names is None or n in figure_names]
         env = self.environment()
+        if m.config.build is not None:  # the baseline names its build and that build's vLLM
+            env.update(build=m.config.build.to_dict(), versions=self.versions_of(config_id))
         if m.start_condition:
             env["start_condition"] = m.start_condition
         return self.store.update(self.baseline_key, config_id, figs, m.kernels, env, self.run_id)
