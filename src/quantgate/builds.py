@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -225,21 +225,6 @@ def engine_python(build: Build, where: str = "", log: Any = None) -> str:
             raise BuildError(f"{where or 'build'}: build python {build.value!r} is not an executable interpreter")
         return build.value
     raise BuildError(f"{where}: build {build.label!r} is an image; it has no local interpreter")
-
-
-def launch_target(build: Build | None, python: str | None, container: Any, where: str = "",
-                  log: Any = None) -> tuple[str | None, Any]:
-    """(python, container spec) for engine.start: the build's, else the session's own settings."""
-    if build is None:
-        return python, container
-    if build.kind == "image":
-        from .launchers import ContainerSpec
-
-        if container is not None:
-            return None, replace(container, image=build.value)
-        runtime = os.environ.get("QUANTGATE_CONTAINER_RUNTIME") or ("podman" if shutil.which("podman") else "docker")
-        return None, ContainerSpec(build.value, runtime)
-    return engine_python(build, where, log), None
 
 
 def build_versions(build: Build | None, python: str | None, where: str = "") -> dict[str, str]:

@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from .baselines import Baseline, BaselineStore, NoiseModel, Verdict, judge
 from .errors import QuantgateError
 from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
 from .hardware import Hardware
-from .launchers import LauncherSettings, attach_kernel_log
+from .launchers import ContainerSpec, LauncherSettings, attach_kernel_log
 from .matrix import EngineConfig, Matrix
 from .progress import PlainProgress, Progress
 from .stats import Figure, FigureKey, RecordSource
@@ -245,8 +246,14 @@ class Run:
 
     def launch_target(self, cfg: EngineConfig) -> tuple[str | None, Any]:
         """(python, container spec) of a config's engine: its build's (quantgate.builds), else the session's."""
-        return builds_mod.launch_target(cfg.build, self.settings.python, self.settings.launcher.container,
-                                        cfg.source, self.log)
+        build, container = cfg.build, self.settings.launcher.container
+        if build is None:
+            return self.settings.python, container
+        if build.kind == "image":  # the container launcher's runtime and flags, or a plain container
+            runtime = os.environ.get("QUANTGATE_CONTAINER_RUNTIME") or ("podman" if shutil.which("podman")
+                                                                       else "docker")
+            return None, (replace(container, image=build.value) if container else ContainerSpec(build.value, runtime))
+        return builds_mod.engine_python(build, cfg.source, self.log), None
 
     def versions_of(self, config_id: str) -> dict[str, str]:
         """The speed-moving versions a config's engine runs with: the harness's, overlaid by its build's."""
