@@ -104,7 +104,8 @@ def bisect(builds: list[Build], figure: str, tolerance: float, measure: Callable
                 verdict = "DIFFERS" if _bad(i) else "same"
                 delta = "" if p.value is None or base.value is None else f" ({p.value / base.value - 1:+.1%})"
                 line += (f": {figure} = {_value(p)} vs good {_value(base)}{delta}, tolerance {tolerance:.1%}: "
-                         f"{verdict}; kernels vs good: {'; '.join(kernel_diff(base.kernels, p.kernels)) or 'same'}")
+                         f"{verdict}; kernels vs good: "
+                         + ("n/a" if p.value is None else "; ".join(kernel_diff(base.kernels, p.kernels)) or "same"))
             echo(line)
         return probes[i]
 

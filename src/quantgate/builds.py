@@ -97,7 +97,7 @@ def _check_requirement(text: str, where: str) -> str:
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
-        raise BuildError(f"{where}: build pip {text!r} is not a pip requirement ({exc})") from None
+        raise BuildError(f"{where}: build pip {text!r} is not a pip requirement ({str(exc).splitlines()[0]})") from None
     pins = [s for s in req.specifier if s.operator in ("==", "===") and "*" not in s.version]
     if len(pins) != 1 or len(req.specifier) != 1 or req.url:
         # the cached venv is keyed by the text: an open range would freeze whatever release came first
