@@ -8,7 +8,7 @@
 - `{ image = "vllm/vllm-openai:v0.26.0" }`: a container image (quantgate.launchers' container launcher).
 
 Any of them may carry `name = "..."`, the label reports and `--builds` use. A config without `build` runs on
-the interpreter quantgate runs in (or QUANTGATE_PYTHON / the container launcher's image, as before).
+the interpreter quantgate runs in (or the container launcher's image), as before.
 A build is part of a config's identity: two builds of one config are two configs with two ids, so each keeps
 its own baseline; the baseline records the build and its vLLM version.
 """
@@ -318,8 +318,9 @@ def delta_table(cells: list[BuildCell], reference: str, headline: str, mode: str
     return lines + [""]
 
 
-SEQUENTIAL = ("sequential, not paired: each build's engine ran alone, one after the other (two engines side by "
-              "side would contend for the same cores, and quantgate starts one engine per config in turn)")
+SEQUENTIAL = ("sequential, not paired: each build's engine ran alone, one after the other, as quantgate runs "
+              "every config (interleaving two builds' requests cell by cell is not implemented; on a CPU the two "
+              "engines would share the same cores)")
 
 
 def report_lines(run: Any, measured: list[Any]) -> list[str]:
