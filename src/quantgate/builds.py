@@ -227,7 +227,7 @@ def engine_python(build: Build, where: str = "", log: Any = None) -> str:
     raise BuildError(f"{where}: build {build.label!r} is an image; it has no local interpreter")
 
 
-def build_versions(build: Build | None, python: str | None, where: str = "") -> dict[str, str]:
+def build_versions(build: Build | None, where: str = "") -> dict[str, str]:
     """The versions a config's engine ran with, where they differ from the harness's (a python/pip build)."""
     if build is None or build.kind == "image":
         return {}

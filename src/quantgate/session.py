@@ -258,7 +258,7 @@ class Run:
     def versions_of(self, config_id: str) -> dict[str, str]:
         """The speed-moving versions a config's engine runs with: the harness's, overlaid by its build's."""
         cfg = self.config(config_id)
-        return {**self.hardware.versions, **builds_mod.build_versions(cfg.build, self.settings.python, cfg.source)}
+        return {**self.hardware.versions, **builds_mod.build_versions(cfg.build, cfg.source)}
 
     def _attach(self, cfg: EngineConfig) -> engine_mod.Engine:
         spec = self.settings.launcher.attach
