@@ -341,8 +341,8 @@ def report_lines(run: Any, measured: list[Any]) -> list[str]:
                 names[variant_key(m.config)] = m.config.label or m.config.id
         outputs, cells = list(matrix.workload.outputs), []
         # the server's decode speed where there is one: a client on a busy 2-core box sometimes receives a
-        # short stream in one burst (63,618 "tok/s" client-side against 218 server-side, seen in
-        # tests/e2e/test_builds_cpu.py), which would pass for a build's change
+        # short stream in one burst (63,618 client "tok/s" where the same build's next engine read 218, in
+        # tests/e2e/test_builds_cpu.py; docs/builds.md), which would pass for a build's change
         metric = "decode_tps_server" if any(f.key.metric == "decode_tps_server" for m in ms
                                             for f in m.figures.values()) else "decode_tps"
         for m in ms:
