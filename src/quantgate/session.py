@@ -17,6 +17,7 @@ from typing import Any
 
 from . import measurement as measurement_mod
 from .config.matrix import EngineConfig, Matrix
+from .engine import builds as builds_mod
 from .engine import process as engine_mod
 from .engine.figures import ENGINE_FIGURES, engine_figures
 from .engine.launchers import LauncherSettings, attach_kernel_log
@@ -303,7 +304,7 @@ class Run:
         """What every message about this config must say: versions changed since its baseline, and a baseline
         that exists only for another GPU model (never used in place of this GPU's)."""
         notes = []
-        changes = baselines_mod.version_changes(base, self.hardware.versions)
+        changes = baselines_mod.version_changes(base, self.versions_of(config_id))
         if changes:
             notes.append("versions changed since the baseline: " + ", ".join(changes))
         if base is None:
@@ -322,6 +323,11 @@ class Run:
 
     def start_condition(self, config_id: str) -> str | None:
         return self.engines.start_condition(config_id)
+
+    def versions_of(self, config_id: str) -> dict[str, str]:
+        """The speed-moving versions a config's engine runs with: the harness's, overlaid by its build's."""
+        cfg = self.config(config_id)
+        return {**self.hardware.versions, **builds_mod.build_versions(cfg.build, cfg.source)}
 
     def validity(self, config_id: str) -> Validity:
         """Whether the config's figures are valid (quantgate.gate.validity); a ratio to a reference whose
@@ -393,6 +399,8 @@ class Run:
         m = self.measurement(config_id)
         figs = [f for n, f in m.figures.items() if figure_names is None or n in figure_names]
         env = self.environment()
+        if m.config.build is not None:  # the baseline names its build and that build's vLLM
+            env.update(build=m.config.build.to_dict(), versions=self.versions_of(config_id))
         if m.start_condition:
             env["start_condition"] = m.start_condition
         return self.store.update(self.baseline_key, config_id, figs, m.kernels, env, self.run_id)

@@ -11,6 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
+from .builds import Build, BuildError, parse_build, reference_build_error
 from .records import (
     AccuracySettings,
     EngineConfig,
@@ -43,6 +44,7 @@ _CONFIG_KEYS = {
     "id", "label", "model", "quantization", "speculative", "env", "serve_args", "hardware",
     "expected_failure", "max_model_len", "reference", "tags", "workloads", "expected_slow", "budget_s",
     "baseline_of",
+    "build",  # quantgate.config.builds: the vLLM build the engine runs on
 }
 # A config id names files: baselines/<hw>/<id>.json and results/<run>/<id>/. It must not climb out of those
 # folders or land on a file quantgate writes itself (noise.json, workers/, report.md, kernels/ ...).
@@ -56,7 +58,8 @@ _MAX_TOKENS = 1 << 24
 WORKLOADS = ("grid", "benchy", "concurrency", "accuracy")
 _SPEC_KEYS = {"method", "num_speculative_tokens", "model", "prompt_lookup_max", "prompt_lookup_min", "extra"}
 _WORKLOAD_KEYS = {"outputs", "contexts", "repeats", "warmup", "request_timeout_s", "request_deadline_s", "settle_s"}
-_TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy"}
+_TOP_KEYS = {"defaults", "workload", "gate", "config", "benchy", "concurrency", "accuracy",
+             "reference_build"}
 _ACCURACY_KEYS = {"problems", "seed", "path", "max_tokens", "concurrency"}
 _GATE_KEYS = {"mode", "reference", "default_tolerance", "engine_figures"}
 
@@ -232,8 +235,15 @@ def _parse_config(raw: Any, defaults: Mapping[str, Any], path: Path) -> EngineCo
         speculative=_parse_speculative(merged.get("speculative"), where),
         env=env_raw, serve_args=serve_args, max_model_len=mml, expected_failure=expected,
         label=_label(merged.get("label", ""), where), tags=_str_list(merged.get("tags", []), where, "tags"),
-        source=where,
+        source=where, build=_parse_build(merged.get("build"), where, path),
     )
+
+
+def _parse_build(raw: Any, where: str, path: Path) -> Build | None:
+    try:
+        return parse_build(raw, where, path.parent)
+    except BuildError as exc:
+        raise MatrixError(str(exc)) from None
 
 
 def _label(value: Any, where: str) -> str:
@@ -351,8 +361,12 @@ def load_matrix(path: str | os.PathLike[str]) -> Matrix:
             raise MatrixError(f"{cfg.source}: baseline_of {cfg.baseline_of!r} is not a config id of this matrix")
     if gate.mode == "relative" and gate.reference not in seen:
         raise MatrixError(f"{path}: [gate] reference {gate.reference!r} is not a config id of this matrix")
+    reference_build = data.get("reference_build")
+    if reference_build is not None and (bad := reference_build_error(reference_build, configs)):
+        raise MatrixError(f"{path}: reference_build {reference_build!r}: {bad}")
     return Matrix(path=path, configs=tuple(configs), workload=_parse_workload(data.get("workload", {}), path),
-                  gate=gate, benchy=_settings_table(data, BenchySettings, "benchy", path),
+                  gate=gate, reference_build=reference_build,
+                  benchy=_settings_table(data, BenchySettings, "benchy", path),
                   concurrency=_settings_table(data, SweepSettings, "concurrency", path),
                   accuracy=_parse_accuracy(data.get("accuracy", {}), path))
 

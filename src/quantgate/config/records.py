@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from ..errors import QuantgateError
 from ..hardware import listed_for
+from .builds import Build
 from .settings import BenchySettings, SweepSettings
 
 # "absolute": figures against the stored baselines; "relative": decode speed as ratios to the reference config
@@ -98,6 +99,7 @@ class EngineConfig:
     # judged against this config's baseline and never writes one: a fresh-engine copy for calibration, or a
     # copy with an injected slowdown (scripts/gpu/copies.py writes such matrices)
     baseline_of: str | None = None
+    build: Build | None = None  # quantgate.config.builds; None: the interpreter (or image) of the session
 
     @property
     def spec_label(self) -> str:
@@ -158,6 +160,7 @@ class Matrix:
     benchy: BenchySettings = field(default_factory=BenchySettings)  # max_model_len is the config's, at run time
     concurrency: SweepSettings = field(default_factory=SweepSettings)
     accuracy: AccuracySettings = field(default_factory=AccuracySettings)
+    reference_build: str | None = None  # a build label: the report's "Delta vs <reference build>" table
 
     def get(self, config_id: str) -> EngineConfig:
         for cfg in self.configs:

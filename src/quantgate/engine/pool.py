@@ -8,9 +8,10 @@ came up fails each test with the same line instead of starting it again.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -18,9 +19,10 @@ from .. import hardware as hardware_mod
 from ..config.matrix import EngineConfig
 from ..hardware import Hardware
 from ..progress import PlainProgress, Progress
+from . import builds as builds_mod
 from . import process as engine_mod
 from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
-from .launchers import LauncherSettings
+from .launchers import ContainerSpec, LauncherSettings
 
 
 class PoolSettings(Protocol):
@@ -119,8 +121,8 @@ class EnginePool:
                                 since=time.monotonic())
             condition = machine_start_condition(self.hardware)
             for attempt in (1, 2):
-                eng = engine_mod.start(cfg, models, log_path, python=self.settings.python, gpus=gpus,
-                                       container=self.settings.launcher.container)
+                python, container = self.launch_target(cfg)
+                eng = engine_mod.start(cfg, models, log_path, python=python, gpus=gpus, container=container)
                 eng.start_condition = condition
                 slot.engine = eng
                 try:
@@ -142,6 +144,18 @@ class EnginePool:
             slot.error = exc if isinstance(exc, Exception) else engine_mod.EngineError(str(exc))
             raise
         return eng
+
+    def launch_target(self, cfg: EngineConfig) -> tuple[str | None, ContainerSpec | None]:
+        """(python, container spec) of a config's engine: its build's (quantgate.config.builds), else the
+        session's."""
+        build, container = cfg.build, self.settings.launcher.container
+        if build is None:
+            return self.settings.python, container
+        if build.kind == "image":  # the container launcher's runtime and flags, or a plain container
+            runtime = os.environ.get("QUANTGATE_CONTAINER_RUNTIME") or ("podman" if shutil.which("podman")
+                                                                       else "docker")
+            return None, (replace(container, image=build.value) if container else ContainerSpec(build.value, runtime))
+        return builds_mod.engine_python(build, cfg.source, self.log), None
 
     def _attach(self, cfg: EngineConfig) -> engine_mod.Engine:
         spec = self.settings.launcher.attach
@@ -204,9 +218,9 @@ class EnginePool:
                 self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}) "
                          f"[prestart]")
                 # no GPU leases here: prestarted engines share the GPU(s) on purpose
+                python, container = self.launch_target(cfg)
                 slot.engine = engine_mod.start(cfg, models, self.results / config_id / "engine.log",
-                                               python=self.settings.python,
-                                               container=self.settings.launcher.container)
+                                               python=python, container=container)
                 slot.engine.start_condition = condition
                 pending.append((config_id, slot.engine))
             except Exception as exc:

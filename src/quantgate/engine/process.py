@@ -21,6 +21,7 @@ import httpx
 
 from ..config.matrix import EngineConfig
 from ..errors import QuantgateError
+from .builds import entry_path
 from .launchers import AttachSpec, ContainerSpec, container_command, container_stop_command
 
 HOST = "127.0.0.1"  # never 0.0.0.0: an engine under test is nobody's public endpoint
@@ -157,6 +158,9 @@ def start(
     stop_cmd: tuple[str, ...] = ()
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    entry = None if container is not None else entry_path(python)  # a build's venv has no quantgate
+    if entry:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (entry, env.get("PYTHONPATH")) if p)
     if container is not None:
         cmd = container_command(container, config, models.model, models.draft, port, cmd[5:], gpus)
         stop_cmd = tuple(container_stop_command(container, config, port))

@@ -148,6 +148,9 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict],
         lines += ["", f"Δ vs ref: decode tok/s (ctx=0, long) relative to {', '.join(sorted(map(str, ref_ids)))} "
                       "in the same session."]
     lines.append("")
+    from .builds import report_lines as build_delta_lines  # the "Delta vs <reference build>" tables
+
+    lines += build_delta_lines(run, measured)
     if hw.is_gpu:
         from .roofline import report_lines
 
@@ -160,7 +163,8 @@ def markdown(run: Run, measured: list[Measurement], verdicts: list[Verdict],
         has_client = any(k.metric == "decode_tps_client" for k in keys)
         other = "decode_tps_client" if has_client else "decode_tps_server"
         record = "client stream" if other == "decode_tps_server" else "server /metrics"
-        lines.append(f"## {m.config.id} — {m.config.quantization}, {m.config.spec_label}")
+        build = f", build {m.config.build.label}" if m.config.build is not None else ""
+        lines.append(f"## {m.config.id} — {m.config.quantization}, {m.config.spec_label}{build}")
         if contexts:  # an accuracy-only config has no grid
             lines += ["", f"Decode tok/s (figure of record, {record}):", ""]
             lines += _cell_table(m, "decode_tps", outputs, contexts)
