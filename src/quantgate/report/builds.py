@@ -82,6 +82,8 @@ def report_lines(run: Any, measured: list[Any]) -> list[str]:
                     cells.append(BuildCell(label_of(m.config), names[variant_key(m.config)], f"ctx={ctx} {out}",
                                            fig.median if fig is not None and fig.samples else None))
         if cells:
-            source = "the server's /metrics" if metric == "decode_tps_server" else "the figure of record"
+            server = metric == "decode_tps_server" or all(
+                f.source == "server" for m in ms for f in m.figures.values() if f.key.metric == metric)
+            source = "the server's /metrics" if server else "the figure of record"
             lines += delta_table(cells, matrix.reference_build, f"ctx=0 {outputs[-1]}", SEQUENTIAL, source)
     return lines
