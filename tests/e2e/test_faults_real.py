@@ -429,6 +429,9 @@ def attach_env(url: str, key: str = "", log: Path | None = None) -> dict[str, st
 ATTACH_CONFIGS = '[[config]]\nid = "mine"\n[[config]]\nid = "other"\n'
 
 
+@pytest.mark.fault("launchers", "a second config attached to one real vLLM server (started by hand)",
+                   "refused in one line naming the config already measured; the first config's figures, its "
+                   "kernel record and log figures (from QUANTGATE_ATTACH_LOG) recorded; the server left running")
 def test_attach_to_a_hand_started_vllm(hand_server: HandServer, model: Path, tmp_path: Path) -> None:
     """Figures and the kernel record from a server quantgate did not start: the kernel record and the log
     figures from the log file named, a second config refused, the server left running."""
@@ -558,7 +561,7 @@ def test_metrics_without_a_needed_series(hand_server: HandServer, model: Path, t
 @pytest.mark.fault("launchers", "attach to an HTTP server that is not vLLM (python -m http.server; a server "
                    "answering 200 and a model list everywhere)",
                    "refused with the reason (/health 404; /metrics without vLLM's series): exit 1, nothing "
-                   "written, no traceback")
+                   "written, no traceback", engine="none (not a vLLM server)")
 def test_attach_to_a_server_that_is_not_vllm(kind: str, model: Path, tmp_path: Path) -> None:
     if kind == "http.server":
         server, url = serve_script(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"], tmp_path)
@@ -573,3 +576,25 @@ def test_attach_to_a_server_that_is_not_vllm(kind: str, model: Path, tmp_path: P
         server.kill()
         server.wait()
     assert f"config 'mine': {reason}" in out, out[-4000:]
+
+
+@pytest.mark.fault("interrupts", "Ctrl-C during the warm-up of an attached real vLLM server",
+                   "exit 2; the server someone else started keeps running and answers; nothing written")
+def test_ctrl_c_leaves_an_attached_server_running(hand_server: HandServer, model: Path, tmp_path: Path) -> None:
+    import httpx
+
+    make_suite(tmp_path, model, ATTACH_CONFIGS)
+    session = start_session(tmp_path, "--update-baselines", "-k", "mine",
+                            env=attach_env(hand_server.url, hand_server.key, hand_server.log))
+    try:
+        session.wait_line(r"quantgate mine +warm-up", timeout=300)
+        os.killpg(session.proc.pid, signal.SIGINT)
+        code, out = session.finish()
+    finally:
+        if session.proc.poll() is None:
+            session.proc.kill()
+    assert code == 2 and "KeyboardInterrupt" in out, out[-4000:]
+    assert not re.search(r"quantgate mine +cell ", out), out[-4000:]
+    assert not (tmp_path / "baselines").exists() or not list((tmp_path / "baselines").rglob("mine.json"))
+    assert hand_server.proc.poll() is None, "quantgate stopped a server it did not start"
+    assert httpx.get(f"{hand_server.url}/health", timeout=5).status_code == 200
