@@ -207,6 +207,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = QuantgateState(config)
     if config.getoption("update_baselines") and hasattr(config.option, "update_snapshots"):
         config.option.update_snapshots = True  # one flag refreshes figures and kernel snapshots alike
+        config.pluginmanager.register(_KeepSnapshotsOfTestsNotRun(), "quantgate-keep-snapshots")
     if not hasattr(config, "workerinput"):
         _install_sigterm()
     if _xdist_workers(config) and config.getoption("qg_prestart", False):
@@ -223,6 +224,17 @@ def _xdist_workers(config: pytest.Config) -> int:
 
 
 @pytest.hookimpl(optionalhook=True)
+class _KeepSnapshotsOfTestsNotRun:
+    """A refresh stopped early (Ctrl-C, SIGTERM, -x) never ran some kernel tests: syrupy counts their snapshots
+    as unused and, in update mode, deleted them (seen: Ctrl-C during a refresh removed other configs' kernel
+    snapshots). Before syrupy's own session finish, switch its unused-snapshot clean-up off for such a run."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if exitstatus == pytest.ExitCode.INTERRUPTED or session.shouldstop or session.shouldfail:
+            session.config.option.disable_unused_snapshots = True
+
+
 def pytest_configure_node(node: Any) -> None:
     """pytest-xdist: every worker gets the controller's run id."""
     node.workerinput["quantgate_run_id"] = _state(node.config).run_id
@@ -518,6 +530,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     try:
         if state.update:
             for cid in list(state.ran_figures):
+                slot = run._slots.get(cid)
+                if exitstatus == pytest.ExitCode.INTERRUPTED and (slot is None or slot.measurement is None):
+                    # Ctrl-C / SIGTERM: record what was measured, never measure anew (that ran a config's whole
+                    # workload again after the interrupt, and wrote its baseline)
+                    run.log(f"quantgate: baseline for {cid!r} not updated: interrupted before its measurement ended")
+                    continue
                 _finish_config(state, cid)
         if worker is not None:
             _save_worker_part(run, state, worker)  # the controller writes the one report

@@ -91,16 +91,16 @@ def wait_no_engine(marker: Path, within_s: float = 10.0) -> None:
     assert left == [], "vLLM processes left: " + "; ".join(_cmdline(p) for p in left)
 
 
-def _cmdline(pid: int) -> str:
+def _cmdline(pid: int, limit: int = 160) -> str:
     try:
-        return f"{pid} " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:120]
+        return f"{pid} " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:limit]
     except OSError:
         return str(pid)
 
 
 def api_server_of(marker: Path, config_id: str) -> int | None:
     for pid in engine_pids(str(marker)):
-        if f"--served-model-name {config_id} " in _cmdline(pid) + " ":
+        if f"--served-model-name {config_id} " in _cmdline(pid, limit=100_000) + " ":
             return pid
     return None
 
