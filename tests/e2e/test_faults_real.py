@@ -291,11 +291,14 @@ def test_sigterm_during_refresh_keeps_what_was_written(refresh_session: RefreshO
     assert "KeyboardInterrupt" in r.out
     root = r.folder / "baselines"
     after = tree(root)
-    written = {f"{hw}/survivor.json", f"{hw}/kernels/test_suite/test_kernel_selection[survivor].json"}
+    # the survivor's baseline, its kernel snapshot, the baseline's lock file and the run history's line
+    written = {f"{hw}/survivor.json", f"{hw}/kernels/test_suite/test_kernel_selection[survivor].json",
+               f"{hw}/.survivor.json.lock", f"{hw}/history/survivor.jsonl"}
     # the victim's kernel test passed before its engine died, so its snapshot was refreshed too
     refreshed = {f"{hw}/kernels/test_suite/test_kernel_selection[victim].json"}
-    assert written <= set(after), sorted(after)
-    assert set(after) - written == set(r.before), sorted(after)
+    assert set(after) - set(r.before) == written, sorted(after)
+    for line in after[f"{hw}/history/survivor.jsonl"].decode().splitlines():
+        json.loads(line)
     for name, body in r.before.items():
         if name not in refreshed:
             assert after[name] == body, f"{name} changed"
