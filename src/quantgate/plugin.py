@@ -225,7 +225,6 @@ def _xdist_workers(config: pytest.Config) -> int:
     return n if isinstance(n, int) else 0
 
 
-@pytest.hookimpl(optionalhook=True)
 class _KeepSnapshotsOfTestsNotRun:
     """A run stopped early (Ctrl-C, SIGTERM, -x) never ran some kernel tests: syrupy counts their snapshots as
     unused. In update mode it deleted them (seen: Ctrl-C during a refresh removed other configs' kernel
@@ -238,6 +237,7 @@ class _KeepSnapshotsOfTestsNotRun:
             session.config.option.disable_unused_snapshots = True
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
     """pytest-xdist: every worker gets the controller's run id."""
     node.workerinput["quantgate_run_id"] = _state(node.config).run_id
