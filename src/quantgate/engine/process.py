@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import ctypes
 import os
+import re
 import secrets
 import signal
 import socket
@@ -80,8 +81,26 @@ class Engine:
             return ""
 
     def log_tail(self, lines: int = 25) -> str:
-        text = self.log_text().rstrip().splitlines()[-lines:]
-        return "\n".join("    " + line for line in text)
+        text = self.log_text().rstrip().splitlines()
+        tail = ["    " + line for line in text[-lines:]]
+        cause = root_cause(text[:-lines])
+        if cause:  # vLLM's last lines say only "See root cause above" (a worker's error, 120 lines up)
+            tail.insert(0, f"    first error above these lines: {cause}")
+        return "\n".join(tail)
+
+
+# an exception line of a traceback, bare or in one of vLLM's ERROR log lines (never a WARNING that quotes one)
+_ERROR_LINE = re.compile(r"^(?:\(\w+ pid=\d+\) )?(?:ERROR \S+ \S+ \[[^\]]*\] )?"
+                         r"([A-Za-z_][\w.]*(?:Error|Exception|Exit): .*)$")
+
+
+def root_cause(lines: list[str]) -> str | None:
+    """The first exception a log reports: a failed start's cause, before the tracebacks it set off."""
+    for line in lines:
+        found = _ERROR_LINE.match(line)
+        if found:
+            return found.group(1)[:300]
+    return None
 
 
 # Every engine we start until it is stopped, so atexit and signal handlers can reap them.
@@ -303,7 +322,11 @@ def _check_attached(engine: Engine, client: httpx.Client) -> float:
             f"config {engine.config.id!r}: attached server {url} answered /health {health.status_code}, "
             f"/v1/models {models.status_code}" + (" (set QUANTGATE_ATTACH_API_KEY)" if models.status_code == 401
                                                    else ""))
-    names = [m.get("id") for m in models.json().get("data", [])]
+    try:
+        names = [m.get("id") for m in models.json().get("data", [])]
+    except (ValueError, AttributeError, TypeError):
+        raise EngineStartError(f"config {engine.config.id!r}: attached server {url} is not a vLLM server: "
+                               f"/v1/models is not an OpenAI model list") from None
     if engine.model_name is None:
         if len(names) != 1:
             raise EngineStartError(f"config {engine.config.id!r}: attached server {url} serves {names}; "
@@ -312,6 +335,14 @@ def _check_attached(engine: Engine, client: httpx.Client) -> float:
     elif engine.model_name not in names:
         raise EngineStartError(f"config {engine.config.id!r}: QUANTGATE_ATTACH_MODEL={engine.model_name!r} is "
                                f"not served by {url} (it serves {names})")
+    # an OpenAI-compatible server that is not vLLM (or a vLLM behind a proxy that drops series) answers both
+    # checks above: without vLLM's /metrics no figure can be measured, so refuse it now, in one line
+    from ..workload.grid import WorkloadError, checked_snapshot
+
+    try:
+        checked_snapshot(client.get(f"{url}/metrics", headers=headers), engine.model_name)
+    except (WorkloadError, httpx.HTTPError) as exc:
+        raise EngineStartError(f"config {engine.config.id!r}: attached server {url} refused: {exc}") from None
     return 0.0
 
 

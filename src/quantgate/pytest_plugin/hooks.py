@@ -9,7 +9,6 @@ import contextlib
 import os
 import re
 import shlex
-import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from ..report.markdown import write_report
 from ..session import Run, gated_figure_names
 from ..workload import budget as budget_mod
 from .fixtures import forget_unreachable_snapshot_sidecars
+from .interrupts import deliver_lost_interrupt, install_signal_handlers, register_snapshot_guard
 from .state import STATE_KEY, QuantgateState, _state, _write_failed
 from .xdist import _load_worker_parts, _save_worker_part, _xdist_workers, config_of_nodeid
 
@@ -81,20 +81,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = QuantgateState(config)
     if config.getoption("update_baselines") and hasattr(config.option, "update_snapshots"):
         config.option.update_snapshots = True  # one flag refreshes figures and kernel snapshots alike
+    register_snapshot_guard(config)
     if not hasattr(config, "workerinput"):
-        _install_sigterm()
+        install_signal_handlers()
     if _xdist_workers(config) and config.getoption("qg_prestart", False):
         raise pytest.UsageError("quantgate: --qg-prestart starts every engine in one process on shared GPUs; "
                                 "with -n each worker leases its own GPUs instead: drop one of the two")
-
-
-def _install_sigterm() -> None:
-    """SIGTERM (a CI cancel) unwinds like Ctrl-C, so session teardown stops every engine."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    with contextlib.suppress(ValueError):  # not the main thread
-        signal.signal(signal.SIGTERM, handler)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -273,6 +265,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    deliver_lost_interrupt()
     cid = _config_id_of(item)
     if cid is None:
         return
@@ -337,7 +330,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     worker = getattr(session.config, "workerinput", {}).get("workerid")
     try:
         if state.update:
+            finished = {m.config.id for m in run.measured()}
             for cid in list(state.ran_figures):
+                if exitstatus == pytest.ExitCode.INTERRUPTED and cid not in finished:
+                    # Ctrl-C / SIGTERM: record what was measured, never measure anew (that ran a config's whole
+                    # workload again after the interrupt, and wrote its baseline)
+                    run.log(f"quantgate: baseline for {cid!r} not updated: interrupted before its measurement ended")
+                    continue
                 _finish_config(state, cid)
         if worker is not None:
             _save_worker_part(run, state, worker)  # the controller writes the one report

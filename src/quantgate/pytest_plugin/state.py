@@ -24,6 +24,7 @@ from ..gate.baselines import Verdict
 from ..hardware import Hardware, detect
 from ..progress import MessagesOnly, NullProgress, Output, PlainProgress, Progress, RichProgress
 from ..session import Run, Settings, new_run_id
+from .interrupts import deliver_lost_interrupt
 
 STATE_KEY = pytest.StashKey["QuantgateState"]()
 
@@ -107,6 +108,7 @@ class _TerminalStream(io.TextIOBase):
         return self._capman.global_and_fixture_disabled() if self._capman is not None else contextlib.nullcontext()
 
     def write(self, text: str) -> int:
+        deliver_lost_interrupt()  # every progress line (a cell measured, a warm-up begun) is a checkpoint
         with self._uncaptured():
             self._tw.write(text, flush=True)
         return len(text)
