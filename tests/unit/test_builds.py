@@ -150,7 +150,7 @@ def test_another_interpreter_gets_only_the_engine_entry_on_its_path(tmp_path: Pa
     assert builds.entry_path(sys.executable) is None  # our own interpreter imports quantgate already
     entry = Path(builds.entry_path("/opt/other/bin/python") or "")
     assert sorted(p.relative_to(entry).as_posix() for p in entry.rglob("*")) == [
-        "quantgate", "quantgate/engine", "quantgate/engine/__init__.py", "quantgate/engine/vllm_entry.py"]
+        "quantgate", "quantgate/engine", "quantgate/engine/vllm_entry.py"]
 
 
 # --- the delta table -------------------------------------------------------------------------------------

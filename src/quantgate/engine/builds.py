@@ -177,8 +177,10 @@ def build_versions(build: Build | None, where: str = "") -> dict[str, str]:
 
 def entry_path(python: str | None) -> str | None:
     """A PYTHONPATH entry that makes `quantgate.engine.vllm_entry` importable in another interpreter (a build's
-    venv has no quantgate): a folder holding only a copy of that one module (and an empty package file), so
-    nothing else of ours or of our venv shadows the build's packages. None for our own interpreter."""
+    venv has no quantgate): a folder holding only a copy of that one module, so nothing else of ours or of our
+    venv shadows the build's packages. No __init__.py there: where the interpreter has quantgate itself, its
+    regular package `quantgate.engine` wins over this namespace portion (a package file here would hide
+    quantgate.engine.slowdown, which vLLM loads as a plugin). None for our own interpreter."""
     if python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
         return None
     source = Path(__file__).with_name("vllm_entry.py")
@@ -188,6 +190,5 @@ def entry_path(python: str | None) -> str | None:
     if not target.is_file():
         from ..gate.baselines import atomic_write
 
-        atomic_write(target.with_name("__init__.py"), "")
         atomic_write(target, text)
     return str(folder)
