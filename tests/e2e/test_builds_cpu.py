@@ -13,7 +13,7 @@ import pytest
 
 from quantgate import hardware
 from quantgate.config.matrix import load_matrix
-from quantgate.report import markdown
+from quantgate.report.markdown import markdown
 from quantgate.session import Run, Settings
 
 pytestmark = pytest.mark.e2e
