@@ -83,3 +83,25 @@ def test_entry_point_is_declared() -> None:
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     eps = pyproject["project"]["entry-points"]["vllm.general_plugins"]
     assert eps == {"quantgate_slowdown": "quantgate.engine.slowdown:register"}
+
+
+def test_a_cpu_engine_holds_its_core_instead_of_sleeping(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a sleeping engine thread gives its core away and on 2 cores waits to get it back (CI read 0.476x for 20%)
+    def no_sleep(s: float) -> None:
+        raise AssertionError(f"the CPU hold slept {s} s")
+
+    monkeypatch.setattr(slowdown, "gpu_hold", lambda: None)
+    monkeypatch.setattr(slowdown.time, "sleep", no_sleep)
+    real = slowdown.time.perf_counter
+    base = real()
+    # the step's start and end as the wrapper reads them (a 10 ms step); later reads are the hold's, on the real clock
+    clock = iter([base - 0.01, base])
+    monkeypatch.setattr(slowdown.time, "perf_counter", lambda: next(clock, None) or real())
+
+    def step(self: object) -> bool:
+        return True
+
+    wrapped = slowdown.wrap_step(step, slowdown.StepDelay(0.5))
+    t0 = real()
+    assert wrapped(object()) is True
+    assert real() - t0 >= 0.005  # half of the 10 ms step, held by the busy wait

@@ -11,7 +11,10 @@ Where the delay goes matters. With async scheduling (vLLM's default) step N+1 is
 when step N's result comes back, so a CPU sleep there overlaps GPU work and is hidden. On CUDA the delay is
 therefore a spin kernel (torch.cuda._sleep) on the engine's own stream (uniproc executor: the model runs in the
 engine-core thread, on the stream vLLM set there), which holds back every later kernel in stream order; on
-a CPU engine it is a sleep. After an idle gap (between requests) only the step itself counts.
+a CPU engine it is a busy wait on the engine-core thread. Not a sleep: a sleeping engine thread gives its core
+away, and on a small box (2 cores shared with the API server and the client) it waited for it to come back:
+CI read decode 0.476x for 20% asked with time.sleep (and 0.670 in another run). After an idle gap (between
+requests) only the step itself counts.
 
 The entry point is declared in pyproject.toml. Where quantgate travels as source (the GPU device), a minimal
 `*.dist-info` with entry_points.txt on PYTHONPATH declares it (scripts/gpu/dist_info.sh).
@@ -100,6 +103,13 @@ def gpu_hold() -> Callable[[float], None] | None:
     return hold
 
 
+def cpu_hold(seconds: float) -> None:
+    """Hold the engine-core thread for `seconds` without giving its core away (see the module's doc)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def wrap_step(step: Callable[..., Any], delay: StepDelay) -> Callable[..., Any]:
     holder: list[Callable[[float], None]] = []
 
@@ -107,7 +117,7 @@ def wrap_step(step: Callable[..., Any], delay: StepDelay) -> Callable[..., Any]:
         t0 = time.perf_counter()
         executed = step(self, *args, **kwargs)
         if not holder:  # decided at the first step: CUDA is initialized by then
-            holder.append(gpu_hold() or time.sleep)
+            holder.append(gpu_hold() or cpu_hold)
         delay.after_step(t0, time.perf_counter(), bool(executed), holder[0])
         return executed
 
