@@ -6,7 +6,6 @@ Everything measurable lives in quantgate.session; this module only maps it onto 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 from collections import Counter
@@ -15,13 +14,14 @@ from typing import Any
 
 import pytest
 
+from ..config.environment import EnvVarError, from_env
 from ..config.matrix import (
     DEFAULT_MATRIX_GLOBS,
     EngineConfig,
     MatrixError,
 )
 from ..engine import process as engine_mod
-from ..engine.launchers import LauncherError
+from ..engine.launch import LauncherError
 from ..errors import QuantgateError
 from ..gate.validity import report_lines as invalid_lines
 from ..hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
@@ -96,7 +96,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         state.run  # noqa: B018
-    except (MatrixError, LauncherError) as exc:
+    except (MatrixError, LauncherError, EnvVarError) as exc:
         raise pytest.UsageError(f"quantgate: {exc}") from None
 
 
@@ -234,7 +234,7 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
 
 def _update_command(config: pytest.Config) -> str:
     """The command that was run, with --update-baselines: `quantgate run` says how it was invoked."""
-    invoked = os.environ.get("QUANTGATE_INVOKED_AS")
+    invoked = from_env().invoked_as
     if invoked:
         return f"{invoked} --update-baselines"
     return shlex.join(["pytest", *config.invocation_params.args, "--update-baselines"])
