@@ -11,7 +11,7 @@ quantgate.engine.slowdown, inside the engine) reads its own. Variables quantgate
 
 A plain frozen dataclass rather than pydantic-settings: the parsing is a few lines per kind, the error must be
 one line naming the variable (pydantic's are multi-line tables), the field metadata doubles as the docs table
-(docs/settings.md, `python -m quantgate.config.environment`, checked by tests/unit/test_environment.py), and
+(docs/settings.md, `python -m quantgate.config.environment`, checked by tests/unit/config/test_environment.py), and
 the engine process that reads QUANTGATE_INJECT_SLOWDOWN imports no extra dependency.
 """
 

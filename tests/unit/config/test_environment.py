@@ -11,7 +11,7 @@ import pytest
 
 from quantgate.config.environment import Environment, EnvVarError, from_env, markdown_table, variable
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PACKAGE = ROOT / "src" / "quantgate"
 HOME = PACKAGE / "config" / "environment.py"
 # QUANTGATE_ names that are not settings: a worker script's result line, a user's own matrix variable
