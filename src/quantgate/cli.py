@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from . import hardware as hardware_mod
+from .config.environment import variable
 
 
 def _cmd_hardware(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "pytest", *_default_suite_args(), *extra]
     print("quantgate:", " ".join(cmd), flush=True)
     # the plugin's messages name the command to rerun (e.g. with --update-baselines) as the user typed it
-    env = {**os.environ, "QUANTGATE_INVOKED_AS": shlex.join(["quantgate", "run", *extra])}
+    env = {**os.environ, variable("invoked_as"): shlex.join(["quantgate", "run", *extra])}
     return subprocess.call(cmd, env=env)
 
 

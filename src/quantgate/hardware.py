@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from .config.environment import Environment, from_env
+
 # Known ids and the pytest marker each maps to. CPU ids all share the "cpu" marker.
 GPU_IDS = ("sm80", "sm89", "sm90", "sm100", "sm103", "sm110", "sm120", "sm121")
 MARKERS = ("cpu", *GPU_IDS)
@@ -155,9 +157,9 @@ def gpu_model_key(name: str) -> str:
     return slug or "unknown-gpu"
 
 
-def baseline_key_for(hardware_id: str, gpu_name: str | None) -> str:
+def baseline_key_for(hardware_id: str, gpu_name: str | None, env: Environment | None = None) -> str:
     """The baseline folder: QUANTGATE_BASELINE_KEY, else `<id>-<gpu model>` on a GPU, else the id."""
-    override = os.environ.get("QUANTGATE_BASELINE_KEY")
+    override = (env or from_env()).baseline_key
     if override:
         return override
     if gpu_name and not hardware_id.startswith("cpu"):
@@ -203,9 +205,10 @@ def bandwidth_for(name: str) -> float | None:
     return None
 
 
-def detect() -> Hardware:
+def detect(env: Environment | None = None) -> Hardware:
     """Detect the hardware; QUANTGATE_HARDWARE overrides the id (e.g. a runner whose driver hides the GPU)."""
-    override = os.environ.get("QUANTGATE_HARDWARE")
+    env = env or from_env()
+    override = env.hardware
     cpu_name, flags = _cpuinfo()
     versions = _package_versions()
     gpus = [] if os.environ.get("CUDA_VISIBLE_DEVICES") == "" else _nvidia_smi()
@@ -219,15 +222,15 @@ def detect() -> Hardware:
             id=hw, name=first["name"], compute_capability=cap,
             driver=first["driver_version"], gpu_count=len(gpus), cpu_count=os.cpu_count() or 0,
             memory_bandwidth_gbps=bandwidth_for(first["name"]), versions=versions,
-            baseline_key=baseline_key_for(hw, first["name"]),
+            baseline_key=baseline_key_for(hw, first["name"], env),
         )
     hw = override or cpu_isa_id(flags)
     # a GPU id forced where nvidia-smi sees no GPU (a dry run, a hidden driver): QUANTGATE_GPU_NAME names it
-    gpu_name = os.environ.get("QUANTGATE_GPU_NAME") if not hw.startswith("cpu") else None
+    gpu_name = env.gpu_name if not hw.startswith("cpu") else None
     return Hardware(
         id=hw, name=gpu_name or cpu_name, cpu_count=os.cpu_count() or 0, versions=versions,
         memory_bandwidth_gbps=bandwidth_for(gpu_name) if gpu_name else None,
-        baseline_key=baseline_key_for(hw, gpu_name),
+        baseline_key=baseline_key_for(hw, gpu_name, env),
     )
 
 

@@ -20,7 +20,7 @@ from .config.matrix import EngineConfig, Matrix
 from .engine import builds as builds_mod
 from .engine import process as engine_mod
 from .engine.figures import ENGINE_FIGURES, engine_figures
-from .engine.launchers import LauncherSettings, attach_kernel_log
+from .engine.launch import LauncherSettings
 from .engine.pool import EnginePool
 from .errors import QuantgateError
 from .gate import baselines as baselines_mod
@@ -187,13 +187,10 @@ class Run:
     # --- measurement ---------------------------------------------------------------------------
     def kernel_record(self, config_id: str) -> dict[str, Any]:
         eng = self.engine(config_id)
-        attach = self.settings.launcher.attach
-        if attach is not None:
-            text, why = attach_kernel_log(attach)
-            if text is None:
-                raise KernelLogUnavailable(why)
-            return kernel_snapshot_dict(text)
-        return kernel_snapshot_dict(eng.log_text())
+        text, why = self.engines.launcher_of(config_id).kernel_log(eng)
+        if text is None:
+            raise KernelLogUnavailable(why)
+        return kernel_snapshot_dict(text)
 
     def measurement(self, config_id: str) -> Measurement:
         if config_id in self._measured:

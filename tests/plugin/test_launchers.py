@@ -257,6 +257,7 @@ def test_xdist_workers_lease_gpus_and_share_one_report(gate, pytester: pytest.Py
     # one run folder, one report written by the controller with every worker's configs and verdicts
     runs = list((pytester.path / "results").iterdir())
     assert len(runs) == 1
+    assert not (runs[0] / "workers").exists()  # verdicts came over xdist's channels, not a side folder of files
     report = (runs[0] / "report.md").read_text()
     assert all(f"## {cid} —" in report for cid in ("a", "b", "tp2"))
     summary = json.loads((runs[0] / "summary.json").read_text())

@@ -30,6 +30,17 @@ def test_hardware_marker_for_other_machine_says_so(pytester: pytest.Pytester, qg
     result.stdout.fnmatch_lines(["*-m 'sm121' selects configs for sm121, but this machine is cpu-test*"])
 
 
+@pytest.mark.fault("settings", "QUANTGATE_PROGRESS=loud (a QUANTGATE_* variable with a bad value) under pytest",
+                   "exit code 4 and one line naming the variable, the value and the accepted values")
+def test_bad_environment_variable_is_a_usage_error(pytester: pytest.Pytester, qg,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTGATE_PROGRESS", "loud")
+    result = pytester.runpytest_subprocess("--collect-only", "-q", timeout=120)
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: quantgate: QUANTGATE_PROGRESS='loud': use auto, rich, plain or off"])
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
 def test_missing_baselines_fail_then_update_then_pass(qg, pytester: pytest.Pytester) -> None:
     first = qg()
     first.assert_outcomes(failed=4, xfailed=3)  # 2 snapshots + 2 figures without baselines

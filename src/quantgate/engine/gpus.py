@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from ..config.environment import Environment, from_env
 from ..errors import QuantgateError
 from ..hardware import _nvidia_smi_rows
 from ..locks import LockError, lock_file, private_dir
@@ -62,9 +63,9 @@ def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
     return [row[0] for row in _nvidia_smi_rows("--query-gpu=index", "--format=csv,noheader") if row and row[0]]
 
 
-def default_lock_dir() -> Path:
-    override = os.environ.get("QUANTGATE_GPU_LOCK_DIR")
-    return Path(override) if override else Path(tempfile.gettempdir()) / f"quantgate-gpus-{os.getuid()}"
+def default_lock_dir(env: Environment | None = None) -> Path:
+    override = (env or from_env()).gpu_lock_dir
+    return override if override else Path(tempfile.gettempdir()) / f"quantgate-gpus-{os.getuid()}"
 
 
 @dataclass

@@ -8,7 +8,6 @@ came up fails each test with the same line instead of starting it again.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -16,13 +15,15 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import hardware as hardware_mod
+from ..config.environment import from_env
 from ..config.matrix import EngineConfig
 from ..hardware import Hardware
 from ..progress import PlainProgress, Progress
 from . import builds as builds_mod
 from . import process as engine_mod
 from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
-from .launchers import ContainerSpec, LauncherSettings
+from .launch import Launcher, LauncherSettings, pick
+from .launch.container import ContainerSpec, default_runtime
 
 
 class PoolSettings(Protocol):
@@ -39,6 +40,7 @@ class Slot:
     engine: engine_mod.Engine | None = None
     error: BaseException | None = None
     lease: Lease | None = None
+    launcher: Launcher | None = None  # the strategy that started (or attached) the engine
 
 
 @dataclass
@@ -101,8 +103,9 @@ class EnginePool:
             return slot.engine
         cfg = self.config(config_id)
         try:
-            if self.settings.launcher.attach is not None:
-                slot.engine = self._attach(cfg)
+            if not pick(self.settings.launcher).starts_engines:
+                slot.launcher = pick(self.settings.launcher)
+                slot.engine = self._attach(cfg, slot.launcher)
                 return slot.engine
             self.progress.stage(config_id, "model: locating or building", since=time.monotonic())
             models = self.resolve_models(cfg)
@@ -121,8 +124,8 @@ class EnginePool:
                                 since=time.monotonic())
             condition = machine_start_condition(self.hardware)
             for attempt in (1, 2):
-                python, container = self.launch_target(cfg)
-                eng = engine_mod.start(cfg, models, log_path, python=python, gpus=gpus, container=container)
+                slot.launcher = self.launcher(cfg)
+                eng = slot.launcher.start(cfg, models, log_path, gpus=gpus)
                 eng.start_condition = condition
                 slot.engine = eng
                 try:
@@ -154,21 +157,28 @@ class EnginePool:
         if build is None:
             return self.settings.python, container
         if build.kind == "image":  # the container launcher's runtime and flags, or a plain container
-            runtime = os.environ.get("QUANTGATE_CONTAINER_RUNTIME") or ("podman" if shutil.which("podman")
-                                                                       else "docker")
-            return None, (replace(container, image=build.value) if container else ContainerSpec(build.value, runtime))
+            return None, (replace(container, image=build.value) if container
+                          else ContainerSpec(build.value, default_runtime()))
         return builds_mod.engine_python(build, cfg.source, self.log), None
 
-    def _attach(self, cfg: EngineConfig) -> engine_mod.Engine:
-        spec = self.settings.launcher.attach
-        assert spec is not None
+    def launcher(self, cfg: EngineConfig) -> Launcher:
+        """The strategy that starts a config's engine (quantgate.engine.launch.pick)."""
+        python, container = self.launch_target(cfg)
+        return pick(self.settings.launcher, python=python, container=container)
+
+    def launcher_of(self, config_id: str) -> Launcher:
+        """The strategy that started the config's engine (its kernel log comes through it)."""
+        launcher = self.slot(config_id).launcher
+        return launcher if launcher is not None else pick(self.settings.launcher)
+
+    def _attach(self, cfg: EngineConfig, launcher: Launcher) -> engine_mod.Engine:
         if self._attached not in (None, cfg.id):
             # one URL is one server: measuring it under a second config's name would file wrong figures
             raise engine_mod.EngineStartError(
                 f"config {cfg.id!r}: QUANTGATE_LAUNCHER=attach measures one server, already used as config "
                 f"{self._attached!r}; select one config (pytest -k ID)")
         self._attached = cfg.id
-        eng = engine_mod.attach(cfg, spec)
+        eng = launcher.start(cfg, None, self.results / cfg.id / "engine.log")
         engine_mod.wait_healthy(eng, self.settings.start_timeout_s)
         self.log(f"quantgate: attached config {cfg.id!r} to {eng.base_url} (model {eng.served_model_name!r})")
         return eng
@@ -181,7 +191,7 @@ class EnginePool:
     def _check_gpu_free(self, config_id: str, gpus: tuple[str, ...] = ()) -> None:
         """Refuse to start on a GPU whose memory another process holds (with leases: only the leased GPUs,
         since other workers' engines legitimately hold the rest)."""
-        if not self.hardware.is_gpu or os.environ.get("QUANTGATE_ALLOW_BUSY_GPU") == "1":
+        if not self.hardware.is_gpu or from_env().allow_busy_gpu:
             return
         # vLLM's GPU memory is held by the engine-core child, not the API server we started: compare groups
         ours = {e.process.pid for e in engine_mod.live_engines() if e.process is not None}
@@ -206,7 +216,7 @@ class EnginePool:
         that measurements later run one at a time while the other engines sit idle. On one GPU with room
         for every engine (the matrix sets --gpu-memory-utilization / --kv-cache-memory-bytes) this turns N
         serial starts into one. A failed start is remembered and re-raised by engine(), as usual."""
-        if self.settings.launcher.attach is not None:
+        if not pick(self.settings.launcher).starts_engines:
             return  # nothing to start
         pending: list[tuple[str, engine_mod.Engine]] = []
         condition = machine_start_condition(self.hardware)  # engines started together share it
@@ -220,9 +230,8 @@ class EnginePool:
                 self.log(f"quantgate: starting engine {config_id!r} ({cfg.quantization}, {cfg.spec_label}) "
                          f"[prestart]")
                 # no GPU leases here: prestarted engines share the GPU(s) on purpose
-                python, container = self.launch_target(cfg)
-                slot.engine = engine_mod.start(cfg, models, self.results / config_id / "engine.log",
-                                               python=python, container=container)
+                slot.launcher = self.launcher(cfg)
+                slot.engine = slot.launcher.start(cfg, models, self.results / config_id / "engine.log")
                 slot.engine.start_condition = condition
                 pending.append((config_id, slot.engine))
             except Exception as exc:

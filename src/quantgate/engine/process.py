@@ -20,13 +20,17 @@ from pathlib import Path
 
 import httpx
 
+from ..config.environment import from_env
 from ..config.matrix import EngineConfig
 from ..errors import QuantgateError
 from .builds import entry_path
-from .launchers import AttachSpec, ContainerSpec, container_command, container_stop_command
 
 HOST = "127.0.0.1"  # never 0.0.0.0: an engine under test is nobody's public endpoint
 _PR_SET_PDEATHSIG = 1
+
+# (local serve command, port) -> (command to run instead, command that stops it): how the container launcher
+# (quantgate.engine.launch.container) runs the same `vllm serve` inside a container
+CommandWrap = Callable[[list[str], int], tuple[list[str], tuple[str, ...]]]
 
 
 class EngineError(QuantgateError, RuntimeError):
@@ -125,7 +129,7 @@ def _die_with_parent() -> None:
 def serve_command(config: EngineConfig, models: ResolvedModels, port: int, python: str | None = None) -> list[str]:
     # QUANTGATE_ENGINE_MODULE exists for quantgate's own plugin tests (a scripted stand-in); never set it
     # for a real gate
-    module = os.environ.get("QUANTGATE_ENGINE_MODULE", "quantgate.engine.vllm_entry")
+    module = from_env().engine_module
     cmd = [
         python or sys.executable, "-m", module, "serve", models.model,
         "--host", HOST, "--port", str(port),
@@ -165,9 +169,9 @@ def engine_env(config: EngineConfig, api_key: str) -> dict[str, str]:
 def start(
     config: EngineConfig, models: ResolvedModels, log_path: Path, *,
     port: int | None = None, python: str | None = None, gpus: tuple[str, ...] = (),
-    container: ContainerSpec | None = None,
+    wrap: CommandWrap | None = None,
 ) -> Engine:
-    """Launch `vllm serve` for a config: a local process, or a container of `container`'s image.
+    """Launch `vllm serve` for a config: a local process, or what `wrap` makes of its command (a container).
     `gpus` limits it to leased GPUs (quantgate.engine.gpus)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -177,12 +181,11 @@ def start(
     stop_cmd: tuple[str, ...] = ()
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    entry = None if container is not None else entry_path(python)  # a build's venv has no quantgate
+    entry = None if wrap is not None else entry_path(python)  # a build's venv has no quantgate
     if entry:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (entry, env.get("PYTHONPATH")) if p)
-    if container is not None:
-        cmd = container_command(container, config, models.model, models.draft, port, cmd[5:], gpus)
-        stop_cmd = tuple(container_stop_command(container, config, port))
+    if wrap is not None:
+        cmd, stop_cmd = wrap(cmd, port)
     handle = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
     shown_env = " ".join(f"{k}={v}" for k, v in sorted(config.env.items()))
     shown_gpus = f"CUDA_VISIBLE_DEVICES={','.join(gpus)} " if gpus else ""
@@ -298,14 +301,6 @@ def stop(engine: Engine, grace_s: float = 20.0) -> None:
             handle.close()  # type: ignore[attr-defined]
     with _LIVE_LOCK:
         _LIVE.pop(proc.pid, None)
-
-
-def attach(config: EngineConfig, spec: AttachSpec) -> Engine:
-    """An Engine for a server someone else runs (QUANTGATE_LAUNCHER=attach): measured, never started or
-    stopped; its key comes from QUANTGATE_ATTACH_API_KEY (or VLLM_API_KEY), its log from the spec."""
-    key = os.environ.get("QUANTGATE_ATTACH_API_KEY") or os.environ.get("VLLM_API_KEY") or ""
-    return Engine(config=config, port=0, api_key=key, log_path=spec.log_file, started_at=time.monotonic(),
-                  attached_url=spec.base_url, model_name=spec.model_name)
 
 
 def _check_attached(engine: Engine, client: httpx.Client) -> float:

@@ -22,35 +22,31 @@ The entry point is declared in pyproject.toml. Where quantgate travels as source
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import QuantgateError
+from ..config.environment import EnvVarError, from_env, parse, variable
 
-ENV = "QUANTGATE_INJECT_SLOWDOWN"
+ENV = variable("inject_slowdown")
 # A gap longer than this between one step's end and the next step's start is idle time, not step work.
 IDLE_GAP_S = 0.05
 
 
-class SlowdownError(QuantgateError, ValueError):
+class SlowdownError(EnvVarError):
     pass
 
 
 def fraction_from_env(value: str | None) -> float | None:
-    """QUANTGATE_INJECT_SLOWDOWN's value as a fraction in [0, 0.9], None when unset or empty."""
-    if value is None or not value.strip():
-        return None
+    """QUANTGATE_INJECT_SLOWDOWN's value as a fraction in [0, 0.9], None when unset or empty (parsed by
+    quantgate.config.environment, the one home of the rule)."""
     try:
-        s = float(value)
-    except ValueError:
-        raise SlowdownError(f"{ENV}={value!r}: must be a fraction such as 0.05 (5% slower)") from None
-    if not 0.0 <= s <= 0.9:
-        raise SlowdownError(f"{ENV}={value!r}: must be between 0 and 0.9")
-    return s
+        fraction: float | None = parse("inject_slowdown", value)
+    except EnvVarError as exc:
+        raise SlowdownError(str(exc)) from None
+    return fraction
 
 
 @dataclass
@@ -128,7 +124,11 @@ def wrap_step(step: Callable[..., Any], delay: StepDelay) -> Callable[..., Any]:
 
 def register() -> None:
     """The `vllm.general_plugins` entry point: idempotent, and a no-op without QUANTGATE_INJECT_SLOWDOWN."""
-    fraction = fraction_from_env(os.environ.get(ENV))
+    # the engine process reads its own environment: vLLM starts it, not quantgate
+    try:
+        fraction = from_env().inject_slowdown
+    except EnvVarError as exc:
+        raise SlowdownError(str(exc)) from None
     if not fraction:
         return
     # the busy loop lives in EngineCoreProc (the engine-core process), not in the EngineCore base class

@@ -267,7 +267,7 @@ def _save(out: Path, state: dict[str, Any], config: dict[str, Any]) -> dict[str,
 # versioned: changing what a task trains on means a new id (the id is part of the recipe digest).
 
 # Same formats and word lists as quantgate.workload.accuracy's generated problem set
-# (tests/unit/test_accuracy.py checks).
+# (tests/unit/workload/test_accuracy.py checks).
 ARITH_NAMES = ("Ann", "Ben", "Tom", "Sam", "Mia", "Leo")
 ARITH_THINGS = ("books", "cards", "stones", "trees", "tokens", "cups")
 TRAIN_TASKS: dict[str, dict[str, Any]] = {

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..config.environment import Environment, from_env
 from .recipes import (
     BOS_ID,
     BUILDER_VERSION,
@@ -57,9 +58,8 @@ BUILD_WORKER = _HERE / "_build_model.py"
 QUANTIZE_WORKER = _HERE / "_quantize_model.py"
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("QUANTGATE_MODEL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "quantgate" / "models"
+def default_cache_dir(env: Environment | None = None) -> Path:
+    return (env or from_env()).model_cache
 
 
 def cached_model(recipe: ModelRecipe, cache_dir: Path | None = None) -> Path | None:
@@ -78,11 +78,10 @@ def find_quant_python() -> Path | None:
     """The quantizer's interpreter: $QUANTGATE_QUANT_PYTHON, else .venv-quant/bin/python beside the running
     interpreter's venv (<repo>/.venv -> <repo>/.venv-quant) or in quantgate's own checkout. Never the working
     directory or its parents: a `.venv-quant` planted in /tmp would run as the quantizer."""
-    env = os.environ.get("QUANTGATE_QUANT_PYTHON")
-    if env:
-        path = Path(env).expanduser()
+    path = from_env().quant_python
+    if path is not None:
         if not path.exists():
-            raise ModelError(f"QUANTGATE_QUANT_PYTHON={env} does not exist")
+            raise ModelError(f"QUANTGATE_QUANT_PYTHON={path} does not exist")
         return path
     for folder in (Path(sys.prefix).resolve().parent, _checkout_root()):
         candidate = folder / ".venv-quant" / "bin" / "python" if folder is not None else None

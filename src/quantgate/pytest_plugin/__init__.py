@@ -22,7 +22,7 @@ from .hooks import (
     pytest_xdist_node_collection_finished,
 )
 from .interrupts import pytest_keyboard_interrupt
-from .xdist import pytest_configure_node, pytest_xdist_make_scheduler
+from .xdist import pytest_configure_node, pytest_runtest_logreport, pytest_testnodedown, pytest_xdist_make_scheduler
 
 __all__ = [
     "qg_config_id", "qg_figure", "qg_run", "qg_gate", "qg_kernels", "qg_explain", "qg_kernel_snapshot",
@@ -30,5 +30,5 @@ __all__ = [
     "pytest_collection_modifyitems", "pytest_collection_finish", "pytest_xdist_node_collection_finished",
     "pytest_runtest_makereport", "pytest_runtest_teardown", "pytest_sessionfinish", "pytest_benchmark_update_json",
     "pytest_unconfigure", "pytest_terminal_summary", "pytest_configure_node", "pytest_xdist_make_scheduler",
-    "pytest_keyboard_interrupt",
+    "pytest_keyboard_interrupt", "pytest_runtest_logreport", "pytest_testnodedown",
 ]

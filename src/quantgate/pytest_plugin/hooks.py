@@ -6,7 +6,6 @@ Everything measurable lives in quantgate.session; this module only maps it onto 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shlex
 from collections import Counter
@@ -15,13 +14,14 @@ from typing import Any
 
 import pytest
 
+from ..config.environment import EnvVarError, from_env
 from ..config.matrix import (
     DEFAULT_MATRIX_GLOBS,
     EngineConfig,
     MatrixError,
 )
 from ..engine import process as engine_mod
-from ..engine.launchers import LauncherError
+from ..engine.launch import LauncherError
 from ..errors import QuantgateError
 from ..gate.validity import report_lines as invalid_lines
 from ..hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
@@ -31,7 +31,7 @@ from ..workload import budget as budget_mod
 from .fixtures import forget_unreachable_snapshot_sidecars
 from .interrupts import deliver_lost_interrupt, install_signal_handlers, register_snapshot_guard
 from .state import STATE_KEY, QuantgateState, _state, _write_failed
-from .xdist import _load_worker_parts, _save_worker_part, _xdist_workers, config_of_nodeid
+from .xdist import OUTPUT_KEY, _xdist_workers, attach_new_part, config_of_nodeid, merge_worker_parts, worker_part
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,7 +96,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         state.run  # noqa: B018
-    except (MatrixError, LauncherError) as exc:
+    except (MatrixError, LauncherError, EnvVarError) as exc:
         raise pytest.UsageError(f"quantgate: {exc}") from None
 
 
@@ -234,7 +234,7 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
 
 def _update_command(config: pytest.Config) -> str:
     """The command that was run, with --update-baselines: `quantgate run` says how it was invoked."""
-    invoked = os.environ.get("QUANTGATE_INVOKED_AS")
+    invoked = from_env().invoked_as
     if invoked:
         return f"{invoked} --update-baselines"
     return shlex.join(["pytest", *config.invocation_params.args, "--update-baselines"])
@@ -261,6 +261,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if cid is not None and (report.when == "call" or report.when == "setup" and not report.passed):
             xfail = hasattr(report, "wasxfail")
             state.progress.verdict(cid, ("xfailed" if report.skipped else "xpassed") if xfail else report.outcome)
+        attach_new_part(item.config, state, report)  # an xdist worker's verdicts travel on its reports
     return report
 
 
@@ -286,9 +287,6 @@ def _finish_config(state: QuantgateState, cid: str) -> None:
             run.measurement(cid)
     run.release(cid)
     state.progress.finish(cid)
-    worker = getattr(state.config, "workerinput", {}).get("workerid")
-    if worker is not None:  # saved as it goes: an interrupted worker still has its verdicts in the report
-        _save_worker_part(run, state, worker)
     # a reference measured only for ratios has no tests of its own left: stop it too
     for ref in {run.reference_of(c) for c in state.remaining} - {None}:
         if ref is not None and state.remaining.get(ref, 0) <= 0:
@@ -338,12 +336,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
                     run.log(f"quantgate: baseline for {cid!r} not updated: interrupted before its measurement ended")
                     continue
                 _finish_config(state, cid)
-        if worker is not None:
-            _save_worker_part(run, state, worker)  # the controller writes the one report
+        if worker is not None:  # the controller writes the one report (xdist.pytest_testnodedown)
+            session.config.workeroutput[OUTPUT_KEY] = worker_part(state).to_json()  # type: ignore[attr-defined]
             return
         if _xdist_workers(session.config):
             measured = run.saved_measurements()
-            _load_worker_parts(run, state)
+            merge_worker_parts(session.config, state)
         else:
             measured = run.measured()
         if measured:

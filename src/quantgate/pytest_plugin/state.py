@@ -13,13 +13,14 @@ from typing import Any, TextIO, cast
 
 import pytest
 
+from ..config.environment import from_env
 from ..config.matrix import (
     MatrixError,
     check_serve_args,
     load_matrices,
     matrix_files,
 )
-from ..engine.launchers import from_env as launcher_from_env
+from ..engine.launch import from_env as launcher_from_env
 from ..gate.baselines import Verdict
 from ..hardware import Hardware, detect
 from ..progress import MessagesOnly, NullProgress, Output, PlainProgress, Progress, RichProgress
@@ -131,7 +132,7 @@ def _screen_progress(config: pytest.Config, state: QuantgateState) -> Progress:
     starts again with pytest's prefix (file name), so no result letter stands alone (pytest -v writes the
     test id again itself)."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    choice = os.environ.get("QUANTGATE_PROGRESS", "").strip().lower()
+    choice = from_env().progress
     if tr is None or hasattr(config, "workerinput"):
         return NullProgress()  # an xdist worker's output reaches no screen
     terminal = choice == "rich" or (choice not in ("plain", "off") and bool(getattr(tr, "isatty", False)))

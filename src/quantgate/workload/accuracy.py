@@ -43,7 +43,7 @@ ARITH_STOP = ("\n",)
 GSM8K_STOP = ("\n\n", "Question:")
 
 # Word-problem vocabulary: words the shared tokenizer knows, so prompts stay short (and the same lists the
-# qwen3-arith training data uses; tests/unit/test_accuracy.py checks they agree).
+# qwen3-arith training data uses; tests/unit/workload/test_accuracy.py checks they agree).
 NAMES = ("Ann", "Ben", "Tom", "Sam", "Mia", "Leo")
 THINGS = ("books", "cards", "stones", "trees", "tokens", "cups")
 CATEGORIES = ("add1", "sub1", "add2", "word")

@@ -5,7 +5,7 @@ import pytest
 
 from quantgate.config.matrix import MatrixError, load_matrices, load_matrix
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 GOOD = """
 [gate]

@@ -10,7 +10,7 @@ import pytest
 
 from quantgate.kernels.parse import parse_log_file
 
-CUDA = Path(__file__).resolve().parents[2] / "fixtures" / "logs" / "cuda"
+CUDA = Path(__file__).resolve().parents[3] / "fixtures" / "logs" / "cuda"
 
 # config -> fields the record must have (besides FLASH_ATTN + FA3, checked for every log)
 EXPECTED: dict[str, dict[str, object]] = {
@@ -70,7 +70,7 @@ def test_spec_decode_acceptance_in_sm90_baselines() -> None:
     /metrics and is recorded in the baselines of the same runs."""
     import json
 
-    root = Path(__file__).resolve().parents[2] / "baselines" / "sm90-h100"
+    root = Path(__file__).resolve().parents[3] / "baselines" / "sm90-h100"
 
     def acceptance(config: str) -> float:
         return json.loads((root / f"{config}.json").read_text())["figures"]["acceptance_length"]["median"]

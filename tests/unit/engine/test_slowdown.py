@@ -80,7 +80,7 @@ def test_entry_point_is_declared() -> None:
 
     from quantgate.config.matrix import tomllib  # tomli on Python 3.10
 
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
     eps = pyproject["project"]["entry-points"]["vllm.general_plugins"]
     assert eps == {"quantgate_slowdown": "quantgate.engine.slowdown:register"}
 

@@ -1,18 +1,12 @@
-"""quantgate.engine.launchers: container commands and attach settings (no container runtime needed)."""
+"""quantgate.engine.launch: container commands and attach settings (no container runtime needed)."""
 
 from __future__ import annotations
 
 import pytest
 
 from quantgate.config.matrix import EngineConfig
-from quantgate.engine.launchers import (
-    ContainerSpec,
-    LauncherError,
-    attach_kernel_log,
-    container_command,
-    container_stop_command,
-    from_env,
-)
+from quantgate.engine.launch import ContainerSpec, LauncherError, attach_kernel_log, from_env
+from quantgate.engine.launch.container import container_command, container_stop_command
 
 CFG = EngineConfig(id="sm121-coder-nvfp4-vllm-cutlass", model="/data/m", quantization="nvfp4",
                    hardware=("sm121",), env={"VLLM_USE_FLASHINFER_MOE_FP4": "0"})

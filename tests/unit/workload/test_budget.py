@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fake_openai import FakeServer  # noqa: E402
 from quantgate.config.matrix import MatrixError, load_matrix  # noqa: E402
 from quantgate.config.records import DEFAULT_BUDGET_S  # noqa: E402
@@ -23,7 +23,7 @@ from quantgate.workload.budget import (  # noqa: E402
 )
 from quantgate.workload.grid import Client, WorkloadError  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 MATRIX = """
 [workload]

@@ -12,7 +12,7 @@ from quantgate.engine.figures import engine_figures
 from quantgate.kernels.parse import parse_log_file
 from quantgate.session import kernel_snapshot_dict
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CUDA = REPO / "fixtures" / "logs" / "cuda"
 
 EXPECTED: dict[str, dict[str, object]] = {

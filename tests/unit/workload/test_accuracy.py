@@ -30,7 +30,7 @@ from quantgate.workload.accuracy import (
 )
 from quantgate.workload.grid import Client
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "accuracy" / "gsm8k-sample.jsonl"
+FIXTURE = Path(__file__).resolve().parents[3] / "fixtures" / "accuracy" / "gsm8k-sample.jsonl"
 _ARITH = re.compile(r"^(\d+) ([+-]) (\d+) =$")
 _WORD = re.compile(r"^(\w+) has (\d+) (\w+) and (gets (\d+) more|gives away (\d+))\. How many (\w+) now\? Answer:$")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fake_openai import FakeServer  # noqa: E402
 from quantgate.config.matrix import WorkloadSettings  # noqa: E402
 from quantgate.gate import validity  # noqa: E402

@@ -16,7 +16,7 @@ from quantgate.report.roofline import figures_for
 from quantgate.stats import Figure
 from quantgate.workload.grid import Cell, RequestResult, WorkloadResult, figures_from
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(("name", "key"), [

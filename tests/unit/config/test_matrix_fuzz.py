@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from quantgate.config import matrix as matrix_mod
 from quantgate.config.matrix import MatrixError, load_matrices, load_matrix
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SEEDS = [(REPO / "fixtures/matrix/cpu.toml").read_bytes(), (REPO / "fixtures/matrix/sm121.toml").read_bytes()]
 SEEDS.append(b"""
 [gate]

@@ -154,7 +154,7 @@ def test_default_configs_are_the_reference_and_one_per_quantization(tmp_path) ->
     from quantgate.config.matrix import load_matrices
     from quantgate.gate.calibration import default_configs
 
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     matrices = load_matrices(sorted((repo / "fixtures/matrix").glob("*.toml")))
     # w4a16 and moe-w4a16 are expected to fail on AVX2; fp8-dynamic is expected slow on cpu-amx (0.5 tok/s:
     # its budget probe would end the calibration); speculative, MoE and accuracy configs repeat a quantization

@@ -19,7 +19,7 @@ from quantgate.kernels.parse import (
 )
 from quantgate.kernels.record import KernelRecord, diff_records
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CATALOGUE = ROOT / "fixtures" / "logs" / "catalogue"
 REAL_CPU = ROOT / "fixtures" / "logs" / "cpu"
 REAL_CPU_LOGS = sorted(REAL_CPU.glob("*.log"))

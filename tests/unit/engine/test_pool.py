@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugin"))
 
 from plugin_support import assert_no_engine_left, qg  # noqa: E402,F401
 

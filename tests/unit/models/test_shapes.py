@@ -14,7 +14,7 @@ from quantgate.models import shapes
 from quantgate.models.recipes import ModelError
 from quantgate.report import roofline
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize("name", sorted(shapes.SHAPES))

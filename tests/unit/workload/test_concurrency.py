@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from fake_openai import FakeServer  # noqa: E402
 from quantgate.workload.concurrency import (  # noqa: E402
     LevelResult,

@@ -1,30 +1,23 @@
-"""Ways to get an engine besides a local `vllm serve` process: a container, or a server already running.
+"""The container launcher: `podman run` / `docker run` of a vLLM image, with the GPU flags and environment the
+seeds use (seed 001: `--device nvidia.com/gpu=all --security-opt=label=disable`, `-e VLLM_USE_FLASHINFER_MOE_FP4=0`,
+the model folder mounted read-only at the same path). The container publishes vLLM's port on 127.0.0.1 only,
+gets the API key through its environment, and is removed on stop (`--rm`, then `<runtime> rm -f`).
 
-- **container**: `podman run` / `docker run` of a vLLM image with the GPU flags and environment the seeds use
-  (seed 001: `--device nvidia.com/gpu=all --security-opt=label=disable`, `-e VLLM_USE_FLASHINFER_MOE_FP4=0`,
-  the model folder mounted read-only at the same path). The container publishes vLLM's port on 127.0.0.1
-  only, gets the API key through its environment, and is removed on stop (`--rm`, then `<runtime> rm -f`).
-- **attach**: an OpenAI-compatible server someone else started (`QUANTGATE_ATTACH_URL`). quantgate does not
-  start or stop it; the kernel record comes from a log file the user names (`QUANTGATE_ATTACH_LOG`), or the
-  kernel-selection test is skipped with a reason that says so.
-
-Selected per run with QUANTGATE_LAUNCHER=local|container|attach (default local), QUANTGATE_CONTAINER_IMAGE,
-QUANTGATE_CONTAINER_RUNTIME (podman, else docker), QUANTGATE_CONTAINER_ARGS (extra run flags). Extra flags
-that open the network or grant privileges are refused unless QUANTGATE_CONTAINER_ALLOW_UNSAFE=1, which
-the report then warns about.
-This module only builds commands and settings; quantgate.engine.process runs them and quantgate.session picks one.
+Extra flags (QUANTGATE_CONTAINER_ARGS) that open the network or grant privileges are refused unless
+QUANTGATE_CONTAINER_ALLOW_UNSAFE=1, which the report then warns about (quantgate.engine.launch.settings_from).
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from ..config.matrix import EngineConfig
-from ..errors import QuantgateError
+from ...config.environment import Environment, from_env
+from ...config.matrix import EngineConfig
+from .. import process
 
 CONTAINER_PORT = 8000
 GPU_FLAGS = {
@@ -32,10 +25,6 @@ GPU_FLAGS = {
     "podman": ["--device", "nvidia.com/gpu=all", "--security-opt=label=disable"],
     "docker": ["--gpus", "all"],
 }
-
-
-class LauncherError(QuantgateError, RuntimeError):
-    """The launcher's settings are incomplete or its runtime is missing; the message says which."""
 
 
 # value flags whose argument decides whether they are safe; the rest of the unsafe ones are unsafe as such
@@ -102,53 +91,9 @@ class ContainerSpec:
     shm_size: str = "16g"
 
 
-@dataclass(frozen=True)
-class AttachSpec:
-    base_url: str
-    model_name: str | None = None  # served model name; default: the config id
-    log_file: Path | None = None  # the server's log, for the kernel record
-
-
-@dataclass(frozen=True)
-class LauncherSettings:
-    kind: str = "local"  # local | container | attach
-    container: ContainerSpec | None = None
-    attach: AttachSpec | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def from_env(env: dict[str, str] | None = None) -> LauncherSettings:
-    env = dict(os.environ if env is None else env)
-    kind = env.get("QUANTGATE_LAUNCHER", "local").strip() or "local"
-    if kind == "local":
-        return LauncherSettings()
-    if kind == "container":
-        image = env.get("QUANTGATE_CONTAINER_IMAGE")
-        if not image:
-            raise LauncherError("QUANTGATE_LAUNCHER=container needs QUANTGATE_CONTAINER_IMAGE (e.g. "
-                                "vllm/vllm-openai:v0.26.0 or localhost/vllm-turbo:dual)")
-        runtime = env.get("QUANTGATE_CONTAINER_RUNTIME") or ("podman" if shutil.which("podman") else "docker")
-        if runtime not in GPU_FLAGS:
-            raise LauncherError(f"QUANTGATE_CONTAINER_RUNTIME={runtime!r}: use podman or docker")
-        try:
-            extra = tuple(shlex.split(env.get("QUANTGATE_CONTAINER_ARGS", "")))
-        except ValueError as exc:
-            raise LauncherError(f"QUANTGATE_CONTAINER_ARGS: {exc}") from None
-        unsafe = unsafe_container_args(extra)
-        if unsafe and env.get("QUANTGATE_CONTAINER_ALLOW_UNSAFE") != "1":
-            raise LauncherError(f"QUANTGATE_CONTAINER_ARGS refused: {'; '.join(unsafe)} (an engine under test "
-                                f"stays private and unprivileged; set QUANTGATE_CONTAINER_ALLOW_UNSAFE=1 to "
-                                f"allow it anyway, and the report will say so)")
-        notes = tuple(f"QUANTGATE_CONTAINER_ALLOW_UNSAFE=1: the engine container ran with {u}" for u in unsafe)
-        return LauncherSettings("container", container=ContainerSpec(image, runtime, extra), notes=notes)
-    if kind == "attach":
-        url = env.get("QUANTGATE_ATTACH_URL")
-        if not url:
-            raise LauncherError("QUANTGATE_LAUNCHER=attach needs QUANTGATE_ATTACH_URL (e.g. http://127.0.0.1:8011)")
-        log = env.get("QUANTGATE_ATTACH_LOG")
-        return LauncherSettings("attach", attach=AttachSpec(url.rstrip("/"), env.get("QUANTGATE_ATTACH_MODEL"),
-                                                            Path(log) if log else None))
-    raise LauncherError(f"QUANTGATE_LAUNCHER={kind!r}: use local, container or attach")
+def default_runtime(env: Environment | None = None) -> str:
+    """QUANTGATE_CONTAINER_RUNTIME, else podman where it is on PATH, else docker."""
+    return (env or from_env()).container_runtime or ("podman" if shutil.which("podman") else "docker")
 
 
 def container_name(config: EngineConfig, port: int) -> str:
@@ -197,12 +142,24 @@ def container_stop_command(spec: ContainerSpec, config: EngineConfig, port: int)
     return [spec.runtime, "rm", "-f", container_name(config, port)]
 
 
-def attach_kernel_log(spec: AttachSpec) -> tuple[str | None, str]:
-    """(log text or None, reason when None) for the kernel-selection test of an attached server."""
-    if spec.log_file is None:
-        return None, ("attached to a running server without a log: set QUANTGATE_ATTACH_LOG to its log file "
-                      "to check kernel selection")
-    try:
-        return spec.log_file.read_text(encoding="utf-8", errors="replace"), ""
-    except OSError as exc:
-        return None, f"QUANTGATE_ATTACH_LOG={spec.log_file}: {exc.strerror or exc}"
+@dataclass(frozen=True)
+class ContainerLauncher:
+    """Each config's engine in a container of `spec.image` (the run's image, or a config's image build)."""
+
+    spec: ContainerSpec
+    kind: Literal["container"] = field(default="container", init=False)
+    starts_engines: bool = field(default=True, init=False)
+
+    def start(self, config: EngineConfig, models: process.ResolvedModels | None, log_path: Path, *,
+              gpus: tuple[str, ...] = ()) -> process.Engine:
+        assert models is not None, "the container launcher starts engines: it needs the models"
+
+        def wrap(serve: list[str], port: int) -> tuple[list[str], tuple[str, ...]]:
+            # serve[5:]: what follows `python -m MODULE serve MODEL` (quantgate.engine.process.serve_command)
+            return (container_command(self.spec, config, models.model, models.draft, port, serve[5:], gpus),
+                    tuple(container_stop_command(self.spec, config, port)))
+
+        return process.start(config, models, log_path, gpus=gpus, wrap=wrap)
+
+    def kernel_log(self, engine: process.Engine) -> tuple[str | None, str]:
+        return engine.log_text(), ""

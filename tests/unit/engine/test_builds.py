@@ -242,7 +242,7 @@ def test_bisect_arguments_become_builds(tmp_path: Path) -> None:
 
 
 def test_each_config_launches_on_its_own_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantgate.engine.launchers import ContainerSpec, LauncherSettings
+    from quantgate.engine.launch import ContainerSpec, LauncherSettings
     from quantgate.hardware import Hardware
     from quantgate.session import Run, Settings
 
