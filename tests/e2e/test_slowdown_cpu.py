@@ -72,7 +72,7 @@ def test_injected_slowdown_on_a_real_engine(tmp_path: Path, monkeypatch: pytest.
     # 0.476 (a sleeping engine thread waited for its core to come back). With the busy wait, on this 2-core box
     # while other tests ran: 0.721, 0.577, 0.814. Two sequential fresh engines on 2 cores differ by 10-25% on
     # their own (plain read 304-412 tok/s in those runs), so this checks that the plugin loads through vLLM's
-    # entry point and slows decode clearly, not its precision: tests/unit/test_slowdown.py checks the arithmetic,
+    # entry point and slows decode clearly, not its precision: tests/unit/engine/test_slowdown.py checks the arithmetic,
     # and the GPU lane (a spin kernel in stream order) measures the precision. The lower bound still fails on a
     # delay that compounds (a 20% delay of a period that includes all earlier delays stalls decode).
     assert 0.35 < ratio < 0.95
