@@ -25,6 +25,7 @@ from ..engine.launchers import LauncherError
 from ..errors import QuantgateError
 from ..gate.validity import report_lines as invalid_lines
 from ..hardware import GPU_IDS, MARKERS, Hardware, detect, marker_for
+from ..pairing import PairingError
 from ..report.markdown import write_report
 from ..session import Run, gated_figure_names
 from ..workload import budget as budget_mod
@@ -96,7 +97,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     try:
         state.run  # noqa: B018
-    except (MatrixError, LauncherError) as exc:
+    except (MatrixError, LauncherError, PairingError) as exc:
         raise pytest.UsageError(f"quantgate: {exc}") from None
 
 
