@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from .config.builds import label_of, variant_key
 from .errors import QuantgateError
-from .stats import Figure, FigureKey
+from .stats import Figure, FigureKey, RecordSource
 
 if TYPE_CHECKING:
     from .config.matrix import EngineConfig
@@ -226,11 +226,23 @@ def ratio_figures(results: Sequence[WorkloadResult], cells: Sequence[Cell], conf
     return out
 
 
-def measure_together(run: Run, plan: Plan) -> None:
+def measure_together(run: Run, config_id: str, vocab: int, source: RecordSource) -> bool:
+    """Where the config is one build of a comparison that fits side by side, measure every build of it together
+    (`_measure`); when that fails, fall back to one after the other. False: the config is measured alone."""
+    plan = plan_for(run, config_id)
+    if plan is None or not plan.paired:
+        return False
+    try:
+        _measure(run, plan, vocab, source)
+    except Exception as exc:  # measured one after the other instead, and the report says why
+        fall_back(run, plan, exc)
+    return True
+
+
+def _measure(run: Run, plan: Plan, vocab: int, source: RecordSource) -> None:
     """Start every engine of the plan, measure the grid on all of them interleaved, then each config's other
     workloads on its own engine; the run keeps each config's measurement as if it had been measured alone."""
     from .gate.validity import MeasureWatch
-    from .session import _vocab_size, record_source
     from .workload import budget as budget_mod
     from .workload.grid import grid
     from .workload.interleave import run_interleaved
@@ -242,8 +254,6 @@ def measure_together(run: Run, plan: Plan) -> None:
     engines = [run.engine(c) for c in ids]  # a failed start raises here, as it would alone
     cfgs = [e.config for e in engines]
     matrix = run.matrix_of(ids[0])
-    vocab = _vocab_size(Path(run.resolve_models(cfgs[0]).model))
-    source = record_source(matrix, run.hardware.is_gpu)
     started = time.monotonic()
     clients, watches, jobs = [], [], []
     try:
@@ -257,15 +267,16 @@ def measure_together(run: Run, plan: Plan) -> None:
             jobs.append(WorkloadRun(client, eng.config, matrix, vocab, source, watch=watch,
                                     progress=partial(run.progress.stage, cid)))
         cells = grid(matrix.workload, cfgs[0].max_model_len)
-        results = run.guarded(list(ids), partial(run_interleaved, clients, matrix.workload, cells, vocab, watches,
-                                                 partial(run.progress.stage, ids[0])))
+        interleaved = partial(run_interleaved, clients, matrix.workload, cells, vocab, watches,
+                              partial(run.progress.stage, ids[0]))
+        results = run.engines.guarded(list(ids), interleaved)
         ratios = ratio_figures(results, cells, ids, [label_of(c) for c in cfgs])
         # a gate reference among them is finished first: the others' ratio figures read its measurement
         refs = {run.reference_of(c) for c in ids}
         for i in sorted(range(len(ids)), key=lambda i: ids[i] not in refs):
             job = jobs[i]
             job.interleaved = results[i]
-            measured = run.guarded([ids[i]], partial(run_workloads, job))
+            measured = run.engines.guarded([ids[i]], partial(run_workloads, job))
             watches[i].stop()
             run.finish_measurement(ids[i], engines[i], job, watches[i], measured + ratios.get(ids[i], []), started)
     finally:

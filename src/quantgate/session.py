@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import measurement as measurement_mod
 from . import pairing
@@ -41,7 +41,6 @@ from .workload.grid import Client
 from .workload.registry import WorkloadRun, run_workloads, workloads_of
 
 DEFAULT_START_TIMEOUT_S = 900.0
-_T = TypeVar("_T")
 
 
 @dataclass
@@ -202,20 +201,15 @@ class Run:
     def measurement(self, config_id: str) -> Measurement:
         if config_id in self._measured:
             return self._measured[config_id]
-        plan = pairing.plan_for(self, config_id)  # one config on several builds, side by side (quantgate.pairing)
-        if plan is not None and plan.paired:
-            try:
-                pairing.measure_together(self, plan)
-            except Exception as exc:  # measured one after the other instead, the report says why
-                pairing.fall_back(self, plan, exc)
-            if config_id in self._measured:
-                return self._measured[config_id]
+        matrix = self.matrix_of(config_id)
+        vocab = _vocab_size(Path(self.resolve_models(self.config(config_id)).model))
+        source = record_source(matrix, self.hardware.is_gpu)
+        # one config on several builds, side by side where they fit (quantgate.pairing); else one after the other
+        if pairing.measure_together(self, config_id, vocab, source) and config_id in self._measured:
+            return self._measured[config_id]
         eng = self.engine(config_id)
         cfg = eng.config
-        matrix = self.matrix_of(config_id)
-        vocab = _vocab_size(Path(self.resolve_models(cfg).model))
         started = time.monotonic()
-        source = record_source(matrix, self.hardware.is_gpu)
         # the probe's estimate is a lower bound: the budget also stops the workloads once it is spent
         budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
         with self._client(eng, matrix, budget) as client:
@@ -223,33 +217,9 @@ class Run:
             job = WorkloadRun(client, cfg, matrix, vocab, source,
                               progress=lambda text: self.progress.stage(config_id, text), watch=watch)
             # quantgate.workload.registry: grid, benchy, concurrency, accuracy
-            measured = self.guarded([config_id], lambda: run_workloads(job))
+            measured = self.engines.guarded([config_id], lambda: run_workloads(job))
             watch.stop()
         return self.finish_measurement(config_id, eng, job, watch, measured, started)
-
-    def guarded(self, config_ids: list[str], work: Callable[[], _T]) -> _T:
-        """Run these configs' workloads: a spent budget stops their engines, and every remaining test of them
-        fails at once with its line; an engine that died during measurement is said so, with its log."""
-        try:
-            return work()
-        except budget_mod.BudgetExceeded as exc:
-            for config_id in config_ids:
-                self.release(config_id)
-                self.engines.fail(config_id, exc)
-            raise
-        except Exception as exc:
-            deadline = time.monotonic() + 3.0  # a dying server drops the connection just before it exits
-            engines = [(c, e) for c in config_ids if (e := self.engines.running(c)) is not None]
-            while all(e.alive() for _, e in engines) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for config_id, eng in engines:
-                if not eng.alive():
-                    died = engine_mod.EngineError(
-                        f"engine for config {config_id!r} died during measurement ({exc}); "
-                        f"log {eng.log_path}, last lines:\n{eng.log_tail()}")
-                    self.engines.fail(config_id, died)
-                    raise died from exc
-            raise
 
     def finish_measurement(self, config_id: str, eng: engine_mod.Engine, job: WorkloadRun, watch: MeasureWatch,
                            measured: list[Figure], started: float) -> Measurement:
