@@ -213,3 +213,15 @@ def test_interleaved_grid_sends_each_slots_prompt_to_both_engines_in_the_balance
     assert any("slot 8/8" in line for line in said)
     short = pairing.ratio_figures(outs, cells, ["a", "b"], ["A", "B"])["b"][0]
     assert all(r < 0.8 for r in short.samples)  # the slower stand-in, in every slot
+
+
+def test_a_request_to_another_engine_than_the_last_waits_out_the_switch_gap() -> None:
+    settings = WorkloadSettings(outputs={"short": 4}, contexts=(0,), repeats=4, warmup=0)
+    log: list[tuple[str, tuple[int, ...]]] = []
+    with FakeServer() as one, FakeServer() as two, Recording(one.url, "A", log) as a, \
+            Recording(two.url, "B", log) as b:
+        run_interleaved([a, b], settings, [Cell(0, "short", 4)], 4096, switch_gap_s=1.5,
+                        sleep=lambda s: log.append(("gap", (int(s * 10),))))
+    # AB BA AB BA: a gap inside every slot, none between slots that continue on the same engine
+    assert [name for name, _ in log] == ["A", "gap", "B", "B", "gap", "A", "A", "gap", "B", "B", "gap", "A"]
+    assert {p for name, p in log if name == "gap"} == {(15,)}

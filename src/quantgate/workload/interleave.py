@@ -46,9 +46,12 @@ def balanced_order(engines: int, cells: int, repeats: int) -> list[Slot]:
 
 def run_interleaved(clients: Sequence[Client], settings: WorkloadSettings, cells: list[Cell], vocab_size: int,
                     watches: Sequence[WarmupWatch | None] | None = None,
-                    progress: Callable[[str], None] | None = None) -> list[WorkloadResult]:
+                    progress: Callable[[str], None] | None = None, switch_gap_s: float = 0.0,
+                    sleep: Callable[[float], None] = time.sleep) -> list[WorkloadResult]:
     """The grid on every engine at once: each warmed up in turn, then the balanced schedule's slots. Result i
-    belongs to clients[i]; its requests are in slot order, so request j of two results is a pair."""
+    belongs to clients[i]; its requests are in slot order, so request j of two results is a pair.
+    `switch_gap_s`: a pause before a request that goes to another engine than the one before it, so that the
+    engine that just finished has stopped spinning (quantgate.pairing.CPU_SWITCH_GAP_S)."""
     started = time.perf_counter()
     watches = list(watches) if watches is not None else [None] * len(clients)
     outs = [WorkloadResult() for _ in clients]
@@ -66,11 +69,15 @@ def run_interleaved(clients: Sequence[Client], settings: WorkloadSettings, cells
     window_starts = [client.metrics() for client in clients]
     measure = PromptMaker(vocab_size, MEASURE_SEED)  # one prompt per slot, the same on every engine
     schedule = balanced_order(len(clients), len(cells), settings.repeats)
+    last: int | None = None
     for n, slot in enumerate(schedule, 1):
         cell = cells[slot.cell]
         prompt = measure.make(cell.context)
         speeds = []
         for i in slot.order:
+            if switch_gap_s > 0 and last is not None and i != last:
+                sleep(switch_gap_s)
+            last = i
             result = measure_request(clients[i], prompt, cell)
             outs[i].requests.append(result)
             speeds.append(f"{result.server_decode_tps:.1f}")
