@@ -50,7 +50,9 @@ MAX_GPU_UTILIZATION = 0.95
 # vLLM's worker busy-loops (sched_yield) on its shared-memory queue for 1 s after its last read (SpinCondition,
 # busy_loop_s in vllm/distributed/device_communicators/shm_broadcast.py, 0.31.0 and 0.32.0). On a 2-core box
 # that spinning worker takes a core from the engine decoding next: without a pause, the first interleaved run
-# read 0.8-1 s stalls in the request after every switch (docs/builds.md). A GPU host has cores to spare.
+# read 0.8-1 s stalls in the request after every switch (docs/builds.md). After the pause the engine switched to
+# has idled past its own busy loop, and its first request ran slower than its next: a 2-token wake-up request
+# goes first (run_interleaved's `wake`). A GPU host has cores to spare.
 CPU_SWITCH_GAP_S = 1.2
 
 
@@ -274,7 +276,8 @@ def _measure(run: Run, plan: Plan, vocab: int, source: RecordSource) -> None:
         cells = grid(matrix.workload, cfgs[0].max_model_len)
         interleaved = partial(run_interleaved, clients, matrix.workload, cells, vocab, watches,
                               partial(run.progress.stage, ids[0]),
-                              switch_gap_s=0.0 if run.hardware.is_gpu else CPU_SWITCH_GAP_S)
+                              switch_gap_s=0.0 if run.hardware.is_gpu else CPU_SWITCH_GAP_S,
+                              wake=not run.hardware.is_gpu)
         results = run.engines.guarded(list(ids), interleaved)
         ratios = ratio_figures(results, cells, ids, [label_of(c) for c in cfgs])
         # a gate reference among them is finished first: the others' ratio figures read its measurement

@@ -189,7 +189,9 @@ class Recording(Client):
         self.name, self.log = name, log
 
     def complete(self, prompt: list[int] | str, max_tokens: int, cell: str = "") -> RequestResult:
-        if cell != "warmup":
+        if cell == "wake":
+            self.log.append((f"wake {self.name}", (max_tokens,)))
+        elif cell != "warmup":
             self.log.append((self.name, tuple(prompt)))
         return super().complete(prompt, max_tokens, cell)
 
@@ -215,13 +217,16 @@ def test_interleaved_grid_sends_each_slots_prompt_to_both_engines_in_the_balance
     assert all(r < 0.8 for r in short.samples)  # the slower stand-in, in every slot
 
 
-def test_a_request_to_another_engine_than_the_last_waits_out_the_switch_gap() -> None:
+def test_a_request_to_another_engine_than_the_last_waits_out_the_switch_gap_and_wakes_it() -> None:
     settings = WorkloadSettings(outputs={"short": 4}, contexts=(0,), repeats=4, warmup=0)
     log: list[tuple[str, tuple[int, ...]]] = []
     with FakeServer() as one, FakeServer() as two, Recording(one.url, "A", log) as a, \
             Recording(two.url, "B", log) as b:
-        run_interleaved([a, b], settings, [Cell(0, "short", 4)], 4096, switch_gap_s=1.5,
-                        sleep=lambda s: log.append(("gap", (int(s * 10),))))
-    # AB BA AB BA: a gap inside every slot, none between slots that continue on the same engine
-    assert [name for name, _ in log] == ["A", "gap", "B", "B", "gap", "A", "A", "gap", "B", "B", "gap", "A"]
-    assert {p for name, p in log if name == "gap"} == {(15,)}
+        outs = run_interleaved([a, b], settings, [Cell(0, "short", 4)], 4096, switch_gap_s=1.5, wake=True,
+                               sleep=lambda s: log.append(("gap", (int(s * 10),))))
+        assert len(one.requests) == len(two.requests) == 4 + 2  # 4 measured, 2 wake-ups each
+    # AB BA AB BA: a gap and a wake-up inside every slot, none between slots that continue on the same engine
+    assert [name for name, _ in log] == ["A", "gap", "wake B", "B", "B", "gap", "wake A", "A",
+                                         "A", "gap", "wake B", "B", "B", "gap", "wake A", "A"]
+    assert {p for name, p in log if name == "gap"} == {(15,)} and {p for n, p in log if "wake" in n} == {(2,)}
+    assert all(len(o.requests) == 4 and o.prefix_cache_hit_rate in (None, 0.0) for o in outs)  # not measured

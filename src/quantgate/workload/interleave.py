@@ -26,6 +26,8 @@ from .grid import (
     warm_up,
 )
 
+WAKE_SEED = 4343
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -46,12 +48,14 @@ def balanced_order(engines: int, cells: int, repeats: int) -> list[Slot]:
 
 def run_interleaved(clients: Sequence[Client], settings: WorkloadSettings, cells: list[Cell], vocab_size: int,
                     watches: Sequence[WarmupWatch | None] | None = None,
-                    progress: Callable[[str], None] | None = None, switch_gap_s: float = 0.0,
+                    progress: Callable[[str], None] | None = None, switch_gap_s: float = 0.0, wake: bool = False,
                     sleep: Callable[[float], None] = time.sleep) -> list[WorkloadResult]:
     """The grid on every engine at once: each warmed up in turn, then the balanced schedule's slots. Result i
     belongs to clients[i]; its requests are in slot order, so request j of two results is a pair.
     `switch_gap_s`: a pause before a request that goes to another engine than the one before it, so that the
-    engine that just finished has stopped spinning (quantgate.pairing.CPU_SWITCH_GAP_S)."""
+    engine that just finished has stopped spinning (quantgate.pairing.CPU_SWITCH_GAP_S); `wake`: then one
+    unmeasured 2-token request to the engine, so that its measured request finds it awake, as the request before
+    it left it (in ABBA the other engine of the slot has just served a request of its own)."""
     started = time.perf_counter()
     watches = list(watches) if watches is not None else [None] * len(clients)
     outs = [WorkloadResult() for _ in clients]
@@ -68,6 +72,7 @@ def run_interleaved(clients: Sequence[Client], settings: WorkloadSettings, cells
             watch.measuring()
     window_starts = [client.metrics() for client in clients]
     measure = PromptMaker(vocab_size, MEASURE_SEED)  # one prompt per slot, the same on every engine
+    wakers = PromptMaker(vocab_size, WAKE_SEED)  # prompts no warm-up or measured request shares
     schedule = balanced_order(len(clients), len(cells), settings.repeats)
     last: int | None = None
     for n, slot in enumerate(schedule, 1):
@@ -75,8 +80,11 @@ def run_interleaved(clients: Sequence[Client], settings: WorkloadSettings, cells
         prompt = measure.make(cell.context)
         speeds = []
         for i in slot.order:
-            if switch_gap_s > 0 and last is not None and i != last:
-                sleep(switch_gap_s)
+            if last is not None and i != last:
+                if switch_gap_s > 0:
+                    sleep(switch_gap_s)
+                if wake:
+                    clients[i].complete(wakers.make(0), 2, cell="wake")
             last = i
             result = measure_request(clients[i], prompt, cell)
             outs[i].requests.append(result)
