@@ -9,12 +9,14 @@ paired interval (quantgate.paired). Every other workload of a config still runs 
 config keeps its own figures, verdicts and baseline as before.
 
 They do not fit (or pairing is off): each engine runs alone, one after the other, and the table says
-"sequential, not paired" with an unpaired interval. Fit means, on a CPU, that every engine's model, KV cache
-(VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes) and process overhead fit in 80% of the memory available
-now; on a GPU, that every engine sets --gpu-memory-utilization and the fractions add up to at most 0.95.
-`QUANTGATE_BUILD_PAIRING=off` runs them one after the other anyway (the measurement in docs/builds.md); `on`
-pairs them without the memory check (you know they fit). Either way never on an attached server (one engine)
-or under pytest-xdist (the builds' tests may go to different workers).
+"sequential, not paired" with an unpaired interval. Fit means, on a GPU, that every engine sets
+--gpu-memory-utilization and the fractions add up to at most 0.95. On a CPU `auto` never pairs: both engines'
+threads take every core, and on the 2-core cpu-amx box the interleaved engines disturbed each other so much
+that the paired interval was 5x as wide as the sequential one (docs/builds.md); it says whether they would fit
+in memory (each engine's model, KV cache (VLLM_CPU_KVCACHE_SPACE or --kv-cache-memory-bytes) and process
+overhead in 80% of the memory available now). `QUANTGATE_BUILD_PAIRING=on` pairs them without any check (you
+know they fit, and want the interleaving); `off` runs them one after the other. Never on an attached server
+(one engine) or under pytest-xdist (the builds' tests may go to different workers).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ PAIRED = "paired (interleaved)"
 SEQUENTIAL = "sequential, not paired"
 RATIO_METRIC = "build_ratio"  # build_ratio[ctx=0,out=short]: per-slot ratios to the reference build
 GiB = 1 << 30
-# the resident memory of one idle vllm-cpu engine (API server + engine core) beside its weights and KV cache:
-# 2.4 GiB measured for vllm-cpu 0.31.0 and 0.32.0 serving the 8 MB qwen3-dense (docs/builds.md); rounded up
+# one vllm-cpu engine's memory besides its weights and KV cache: the whole process tree of 0.31.0 or 0.32.0
+# serving the 8 MB qwen3-dense with a 1 GiB KV cache measured 2.44 GiB PSS (docs/builds.md); on the safe side
 ENGINE_OVERHEAD_BYTES = 3 * GiB
 CPU_MEMORY_SHARE = 0.8  # of MemAvailable: the client, the other engines' growth and other jobs keep the rest
 MAX_GPU_UTILIZATION = 0.95
@@ -210,7 +212,14 @@ def _decide(run: Run, group: tuple[str, ...]) -> tuple[bool, str]:
     for cfg in configs:
         models = run.resolve_models(cfg)
         weights.append(weights_bytes(models.model) + (weights_bytes(models.draft) if models.draft else 0))
-    return cpu_fit(configs, weights, mem_available_bytes())
+    fits, why = cpu_fit(configs, weights, mem_available_bytes())
+    if not fits:
+        return False, why
+    # they fit, but each engine's threads take every core (vLLM binds them all): on the 2-core cpu-amx box the
+    # interleaved engines disturbed each other's requests, and the paired interval came out 5x as wide as the
+    # sequential one (docs/builds.md). So a CPU pairs them only when told to.
+    return False, (f"{why}, but on a CPU both engines' threads share the {os.cpu_count()} cores and disturb each "
+                   f"other; {PAIRING_ENV}=on pairs them anyway")
 
 
 # --- measuring a group together ----------------------------------------------------------------------------

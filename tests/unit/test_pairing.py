@@ -7,6 +7,7 @@ import math
 import random
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import scipy.stats
@@ -230,3 +231,37 @@ def test_a_request_to_another_engine_than_the_last_waits_out_the_switch_gap_and_
                                          "A", "gap", "wake B", "B", "B", "gap", "wake A", "A"]
     assert {p for name, p in log if name == "gap"} == {(15,)} and {p for n, p in log if "wake" in n} == {(2,)}
     assert all(len(o.requests) == 4 and o.prefix_cache_hit_rate in (None, 0.0) for o in outs)  # not measured
+
+
+def _stub_run(tmp_path: Path, is_gpu: bool, serve_args: tuple[str, ...] = ()) -> SimpleNamespace:
+    kw = {"hardware": ("sm90",)} if is_gpu else {}
+    configs = (_cfg("new", {"VLLM_CPU_KVCACHE_SPACE": "1"}, serve_args, build="0.32.0", **kw),
+               _cfg("old", {"VLLM_CPU_KVCACHE_SPACE": "1"}, serve_args, build="0.31.0", **kw))
+    matrix = SimpleNamespace(configs=configs, reference_build="0.32.0")
+    by_id = {c.id: c for c in configs}
+    return SimpleNamespace(
+        pair_plans={}, matrix_of=lambda cid: matrix, config=by_id.__getitem__,
+        settings=SimpleNamespace(launcher=SimpleNamespace(attach=None)),
+        hardware=SimpleNamespace(is_gpu=is_gpu, id="sm90" if is_gpu else "cpu-amx"),
+        resolve_models=lambda cfg: SimpleNamespace(model=str(tmp_path), draft=None))
+
+
+def test_a_cpu_pairs_builds_only_when_told_and_a_gpu_when_their_shares_fit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(pairing.PAIRING_ENV, raising=False)
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    cpu = pairing.plan_for(_stub_run(tmp_path, is_gpu=False), "old")  # type: ignore[arg-type]
+    assert cpu is not None and cpu.config_ids == ("new", "old") and not cpu.paired
+    assert "share the" in cpu.reason and "QUANTGATE_BUILD_PAIRING=on pairs them anyway" in cpu.reason
+    monkeypatch.setenv(pairing.PAIRING_ENV, "on")
+    assert pairing.plan_for(_stub_run(tmp_path, is_gpu=False), "new").paired  # type: ignore[arg-type,union-attr]
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    xdist = pairing.plan_for(_stub_run(tmp_path, is_gpu=False), "new")  # type: ignore[arg-type]
+    assert xdist is not None and not xdist.paired and "pytest-xdist" in xdist.reason
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    monkeypatch.setenv(pairing.PAIRING_ENV, "auto")
+    gpu = pairing.plan_for(_stub_run(tmp_path, True, ("--gpu-memory-utilization", "0.4")), "old")  # type: ignore[arg-type]
+    assert gpu is not None and gpu.paired and gpu.mode == "paired (interleaved)"
+    monkeypatch.setenv(pairing.PAIRING_ENV, "off")
+    off = pairing.plan_for(_stub_run(tmp_path, True, ("--gpu-memory-utilization", "0.4")), "old")  # type: ignore[arg-type]
+    assert off is not None and not off.paired and off.reason == "QUANTGATE_BUILD_PAIRING=off"
