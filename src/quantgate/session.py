@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import measurement as measurement_mod
+from . import pairing
 from .config.matrix import EngineConfig, Matrix
 from .engine import builds as builds_mod
 from .engine import process as engine_mod
@@ -83,10 +84,12 @@ class Run:
     progress: Progress = field(default_factory=PlainProgress)  # each config's stages (quantgate.progress)
     _measured: dict[str, Measurement] = field(default_factory=dict)
     _budget_checked: set[str] = field(default_factory=set)
+    pair_plans: dict[str, pairing.Plan] = field(default_factory=dict)  # builds side by side (quantgate.pairing)
 
     def __post_init__(self) -> None:
         self.results = self.settings.results_dir / self.run_id
         self.store = BaselineStore(self.settings.baselines_dir)
+        pairing.pairing_setting()  # a bad QUANTGATE_BUILD_PAIRING is one line before any engine starts
         # the hardware and resolve_models are looked up on each use: a caller may set run.hardware after creating
         # the run, and tests replace Run.resolve_models on the class
         self.engines = EnginePool(lambda: self.hardware, self.settings, self.results, self.config,
@@ -195,36 +198,31 @@ class Run:
     def measurement(self, config_id: str) -> Measurement:
         if config_id in self._measured:
             return self._measured[config_id]
+        matrix = self.matrix_of(config_id)
+        vocab = _vocab_size(Path(self.resolve_models(self.config(config_id)).model))
+        source = record_source(matrix, self.hardware.is_gpu)
+        # one config on several builds, side by side where they fit (quantgate.pairing); else one after the other
+        if pairing.measure_together(self, config_id, vocab, source) and config_id in self._measured:
+            return self._measured[config_id]
         eng = self.engine(config_id)
         cfg = eng.config
-        matrix = self.matrix_of(config_id)
-        vocab = _vocab_size(Path(self.resolve_models(cfg).model))
         started = time.monotonic()
-        source = record_source(matrix, self.hardware.is_gpu)
         # the probe's estimate is a lower bound: the budget also stops the workloads once it is spent
         budget = budget_mod.budget_for(cfg, self.hardware.is_gpu, self.settings.budget_override_s)
         with self._client(eng, matrix, budget) as client:
             watch = MeasureWatch(eng.log_path, eng.alive, client.metrics)  # log, CPU, engine over the window
             job = WorkloadRun(client, cfg, matrix, vocab, source,
                               progress=lambda text: self.progress.stage(config_id, text), watch=watch)
-            try:
-                measured = run_workloads(job)  # quantgate.workload.registry: grid, benchy, concurrency, accuracy
-                watch.stop()
-            except budget_mod.BudgetExceeded as exc:
-                self.release(config_id)
-                self.engines.fail(config_id, exc)  # every remaining test of the config fails at once with this line
-                raise
-            except Exception as exc:
-                deadline = time.monotonic() + 3.0  # a dying server drops the connection just before it exits
-                while eng.alive() and time.monotonic() < deadline:
-                    time.sleep(0.1)
-                if not eng.alive():
-                    died = engine_mod.EngineError(
-                        f"engine for config {config_id!r} died during measurement ({exc}); "
-                        f"log {eng.log_path}, last lines:\n{eng.log_tail()}")
-                    self.engines.fail(config_id, died)
-                    raise died from exc
-                raise
+            # quantgate.workload.registry: grid, benchy, concurrency, accuracy
+            measured = self.engines.guarded([config_id], lambda: run_workloads(job))
+            watch.stop()
+        return self.finish_measurement(config_id, eng, job, watch, measured, started)
+
+    def finish_measurement(self, config_id: str, eng: engine_mod.Engine, job: WorkloadRun, watch: MeasureWatch,
+                           measured: list[Figure], started: float) -> Measurement:
+        """The config's measurement from its workloads' figures: ratios to the gate's reference, the roofline,
+        the engine's own figures, the validity checks; kept for the run and saved."""
+        cfg = eng.config
         result = job.result
         figures = {f.name: f for f in measured}
         ref = self.reference_of(config_id)

@@ -31,6 +31,7 @@ PREFIX = "QUANTGATE_"
 LauncherKind = Literal["local", "container", "attach"]
 ContainerRuntime = Literal["podman", "docker"]
 ProgressMode = Literal["auto", "rich", "plain", "off"]
+PairingMode = Literal["auto", "on", "off"]
 
 
 class EnvVarError(QuantgateError, ValueError):
@@ -135,6 +136,10 @@ class Environment:
     torch_index: str = field(default="https://download.pytorch.org/whl/cpu", metadata=_var(
         "the index a pip build takes torch from when pip's own sources have none",
         default="https://download.pytorch.org/whl/cpu"))
+    build_pairing: PairingMode = field(default="auto", metadata=_var(
+        "whether configs that differ only in their build run side by side, requests interleaved "
+        "(quantgate.pairing): auto pairs on a GPU when the memory shares fit, on pairs anyway, off never",
+        _choice("auto", "on", "off"), "auto"))
     # --- the run ---
     progress: ProgressMode = field(default="auto", metadata=_var(
         "progress on screen: rich (a live table), plain (lines), off (messages only)",

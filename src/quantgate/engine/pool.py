@@ -12,18 +12,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from .. import hardware as hardware_mod
 from ..config.environment import from_env
 from ..config.matrix import EngineConfig
 from ..hardware import Hardware
 from ..progress import PlainProgress, Progress
+from ..workload.grid import BudgetExceeded
 from . import builds as builds_mod
 from . import process as engine_mod
 from .gpus import GpuLeaseError, GpuPool, Lease, default_lock_dir, gpu_uuids, gpus_needed, visible_gpus
 from .launch import Launcher, LauncherSettings, pick
 from .launch.container import ContainerSpec, default_runtime
+
+_T = TypeVar("_T")
 
 
 class PoolSettings(Protocol):
@@ -254,6 +257,30 @@ class EnginePool:
                     engine_mod.stop(eng)
                     slot.engine = None
                     slot.error = exc
+
+    def guarded(self, config_ids: list[str], work: Callable[[], _T]) -> _T:
+        """Run these configs' workloads: a spent budget stops their engines, and every remaining test of them
+        fails at once with its line; an engine that died during measurement is said so, with its log."""
+        try:
+            return work()
+        except BudgetExceeded as exc:
+            for config_id in config_ids:
+                self.release(config_id)
+                self.fail(config_id, exc)
+            raise
+        except Exception as exc:
+            deadline = time.monotonic() + 3.0  # a dying server drops the connection just before it exits
+            engines = [(c, e) for c in config_ids if (e := self.running(c)) is not None]
+            while all(e.alive() for _, e in engines) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for config_id, eng in engines:
+                if not eng.alive():
+                    died = engine_mod.EngineError(
+                        f"engine for config {config_id!r} died during measurement ({exc}); "
+                        f"log {eng.log_path}, last lines:\n{eng.log_tail()}")
+                    self.fail(config_id, died)
+                    raise died from exc
+            raise
 
     def release(self, config_id: str) -> None:
         slot = self._slots.get(config_id)

@@ -297,21 +297,16 @@ class WarmupWatch(Protocol):
     def measuring(self) -> None: ...
 
 
-def run_grid(
-    client: Client, settings: WorkloadSettings, cells: list[Cell], vocab_size: int,
-    progress: Callable[[str], None] | None = None, watch: WarmupWatch | None = None,
-) -> WorkloadResult:
-    """Warm up on prompts of every context length, then measure cells interleaved across repeats so a slow
-    drift of the machine touches every cell alike."""
-    started = time.perf_counter()
+def warm_up(client: Client, settings: WorkloadSettings, cells: list[Cell], vocab_size: int, out: WorkloadResult,
+            progress: Callable[[str], None] | None = None, watch: WarmupWatch | None = None) -> None:
+    """Warm up on prompts of every context length; while vLLM names a kernel it compiled during the warm-up's
+    last request, one more round (quantgate.gate.validity: a compile during measurement makes figures invalid)."""
     warm = PromptMaker(vocab_size, WARMUP_SEED)
-    measure = PromptMaker(vocab_size, MEASURE_SEED)
-    out = WorkloadResult()
     shortest = min(settings.outputs.values())
     if progress and settings.warmup:
         progress("warm-up")
 
-    def warm_up() -> None:
+    def one_round() -> None:
         for ctx in sorted({c.context for c in cells}):
             for _ in range(settings.warmup):
                 if watch is not None:
@@ -319,36 +314,56 @@ def run_grid(
                 client.complete(warm.make(ctx), shortest, cell="warmup")
                 out.warmup_requests += 1
 
-    warm_up()
-    # vLLM names a kernel it compiled late: while the warm-up's last request still compiled one, one more round
-    # (quantgate.gate.validity: a compile during measurement makes the figures invalid)
+    one_round()
     for _ in range(EXTRA_WARMUP_ROUNDS if watch is not None and settings.warmup else 0):
         late = watch.compiled_late() if watch is not None else []
         if not late:
             break
         if progress:
             progress(f"warm-up: vLLM compiled {', '.join(late)} late: one more round")
-        warm_up()
+        one_round()
+
+
+def measure_request(client: Client, prompt: list[int], cell: Cell) -> RequestResult:
+    """One measured request, with /metrics scraped around it for the server's own timing of it."""
+    before = client.metrics()
+    result = client.complete(prompt, cell.max_tokens, cell=cell.key)
+    _attach_server_figures(result, before, client.metrics())
+    return result
+
+
+def close_window(client: Client, window_start: MetricsSnapshot, out: WorkloadResult) -> None:
+    """The measured window's speculative-decoding counters and prefix-cache hit rate."""
+    window_end = client.metrics()
+    out.spec = spec_decode_window(window_start, window_end)
+    queries = window_end.delta(window_start, "vllm:prefix_cache_queries_total")
+    hits = window_end.delta(window_start, "vllm:prefix_cache_hits_total")
+    out.prefix_cache_hit_rate = hits / queries if queries else None
+
+
+def run_grid(
+    client: Client, settings: WorkloadSettings, cells: list[Cell], vocab_size: int,
+    progress: Callable[[str], None] | None = None, watch: WarmupWatch | None = None,
+) -> WorkloadResult:
+    """Warm up on prompts of every context length, then measure cells interleaved across repeats so a slow
+    drift of the machine touches every cell alike."""
+    started = time.perf_counter()
+    measure = PromptMaker(vocab_size, MEASURE_SEED)
+    out = WorkloadResult()
+    warm_up(client, settings, cells, vocab_size, out, progress, watch)
     if watch is not None:
         watch.measuring()
     window_start = client.metrics()
     total = settings.repeats * len(cells)
     for _ in range(settings.repeats):
         for cell in cells:
-            before = client.metrics()
-            result = client.complete(measure.make(cell.context), cell.max_tokens, cell=cell.key)
-            after = client.metrics()
-            _attach_server_figures(result, before, after)
+            result = measure_request(client, measure.make(cell.context), cell)
             out.requests.append(result)
             if progress:
                 progress(f"cell {len(out.requests)}/{total} ({cell.key}): {result.server_decode_tps:.1f} tok/s")
     if settings.settle_s:
         time.sleep(settings.settle_s)
-    window_end = client.metrics()
-    out.spec = spec_decode_window(window_start, window_end)
-    queries = window_end.delta(window_start, "vllm:prefix_cache_queries_total")
-    hits = window_end.delta(window_start, "vllm:prefix_cache_hits_total")
-    out.prefix_cache_hit_rate = hits / queries if queries else None
+    close_window(client, window_start, out)
     out.wall_s = time.perf_counter() - started
     return out
 

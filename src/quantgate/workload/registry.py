@@ -36,6 +36,9 @@ class WorkloadRun:
     # quantgate.gate.validity.MeasureWatch: the grid tells it where warm-up ends; without a grid the
     # measured window starts with the first workload
     watch: WarmupWatch | None = None
+    # the grid's result where it was measured already, interleaved with other builds' engines
+    # (quantgate.pairing, quantgate.workload.interleave)
+    interleaved: WorkloadResult | None = None
 
     @property
     def gate_speed(self) -> bool:
@@ -78,8 +81,11 @@ class Grid:
 
     def run(self, job: WorkloadRun) -> list[Figure]:
         cells = job.cells = grid(job.matrix.workload, job.config.max_model_len)
-        job.result = run_grid(job.client, job.matrix.workload, cells, job.vocab, progress=job.progress,
-                              watch=job.watch)
+        if job.interleaved is not None:
+            job.result = job.interleaved
+        else:
+            job.result = run_grid(job.client, job.matrix.workload, cells, job.vocab, progress=job.progress,
+                                  watch=job.watch)
         return figures_from(job.result, cells, job.source, job.config.speculative is not None)
 
 
